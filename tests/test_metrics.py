@@ -1,0 +1,81 @@
+"""Metrics on hand-computed cases."""
+
+import numpy as np
+import pytest
+
+from mmnet_jax import metrics
+
+
+def test_intersection_union_ignores_255():
+  pred = np.array([[1, 1, 0],
+                   [0, 1, 0]])
+  label = np.array([[1, 255, 0],
+                    [1, 1, 255]])
+  inter, union = metrics.intersection_union(pred, label)
+  # valid pixels: (0,0) p1 g1, (0,2) p0 g0, (1,0) p0 g1, (1,1) p1 g1
+  np.testing.assert_array_equal(inter, [1, 2])   # bg: (0,2); fg: (0,0), (1,1)
+  np.testing.assert_array_equal(union, [2, 3])   # bg: (0,2), (1,0); fg: (0,0), (1,0), (1,1)
+
+
+def test_intersection_union_shape_mismatch_is_an_error():
+  with pytest.raises(ValueError, match='shape'):
+    metrics.intersection_union(np.zeros((2, 2)), np.zeros((2, 3)))
+
+
+def test_classwise_miou_differs_from_mean_of_episodes():
+  totals = metrics.SegmentationTotals()
+  # class 1: a big episode (IoU 90/100) and a small one (IoU 0/10)
+  totals = totals.add(1, np.array([0, 90]), np.array([10, 100]))
+  totals = totals.add(1, np.array([5, 0]), np.array([15, 10]))
+  # class 2: one episode, IoU 1/4
+  totals = totals.add(2, np.array([3, 1]), np.array([3, 4]))
+  ious = metrics.class_iou(totals, [1, 2])
+  assert ious[1] == pytest.approx(90 / 110)   # summed over episodes, not averaged
+  assert ious[2] == pytest.approx(0.25)
+  assert metrics.mean_iou(totals, [1, 2]) == pytest.approx((90 / 110 + 0.25) / 2)
+  assert metrics.mean_episode_iou(totals) == pytest.approx((0.9 + 0.0 + 0.25) / 3)
+  # FB-IoU: bg (0+5+3)/(10+15+3), fg (90+0+1)/(100+10+4)
+  assert metrics.fb_iou(totals) == pytest.approx((8 / 28 + 91 / 114) / 2)
+  summary = metrics.summarize(totals, [1, 2])
+  assert summary['miou'] == pytest.approx(100 * (90 / 110 + 0.25) / 2)
+  assert summary['episodes'] == 3
+  assert set(summary['class_iou']) == {'1', '2'}
+
+
+def test_missing_class_is_an_error_not_a_silent_zero():
+  totals = metrics.SegmentationTotals().add(1, np.array([1, 1]), np.array([1, 1]))
+  with pytest.raises(ValueError, match='class 3'):
+    metrics.mean_iou(totals, [1, 3])
+
+
+def test_merge_equals_sequential_accumulation():
+  a = metrics.SegmentationTotals().add(1, np.array([1, 2]), np.array([3, 4]))
+  b = metrics.SegmentationTotals().add(2, np.array([5, 6]), np.array([7, 8]))
+  both = a.merge(b)
+  seq = a.add(2, np.array([5, 6]), np.array([7, 8]))
+  assert both == seq
+
+
+def test_align_corners_matrix_matches_hand_values():
+  m = metrics.align_corners_matrix(3, 5)
+  # output positions 0, 0.5, 1, 1.5, 2 in input coordinates
+  expected = np.array([[1, 0, 0], [.5, .5, 0], [0, 1, 0], [0, .5, .5], [0, 0, 1]])
+  np.testing.assert_allclose(m, expected)
+  np.testing.assert_allclose(metrics.align_corners_matrix(4, 1), [[1, 0, 0, 0]])
+
+
+def test_predict_at_size_on_padded_square():
+  # 3x3 logit difference, upsampled to 5x5: corners keep their sign, centre interpolates.
+  diff = np.array([[1., -1., -1.],
+                   [1., -1., -1.],
+                   [-1., -1., -1.]])
+  pred = metrics.predict_at_size(diff, 5)
+  assert pred.shape == (5, 5)
+  assert pred[0, 0] == 1 and pred[2, 0] == 1 and pred[4, 4] == 0
+  assert pred[0, 1] == 0   # exactly 0 between +1 and -1: ties go to background
+  # scoring against an original 2x3 label padded with 255 to a 3x3 square
+  label = np.full((3, 3), 255)
+  label[:2, :3] = [[1, 0, 0], [1, 0, 0]]
+  inter, union = metrics.intersection_union(metrics.predict_at_size(diff, 3), label)
+  np.testing.assert_array_equal(inter, [4, 2])
+  np.testing.assert_array_equal(union, [4, 2])
