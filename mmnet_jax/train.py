@@ -1,0 +1,266 @@
+"""Training: `train_and_evaluate(config, workdir)` runs the original MM-Net recipe.
+
+SGD with momentum 0.9 and coupled weight decay (as torch.optim.SGD), the per-iteration poly
+learning rate of PFENet/MM-Net (lr_t = lr_multiplier * base_lr * (1 - t/T)^power, t counted
+from 1), a jit-compiled step over a data-parallel mesh, orbax checkpoints (latest + best by
+mIoU, resumed from the workdir), TensorBoard scalars and a progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from mmnet_jax import checkpoint
+from mmnet_jax import evaluate
+from mmnet_jax import sharding
+from mmnet_jax import workdir_io
+from mmnet_jax.data import datasets
+from mmnet_jax.data import episodes
+from mmnet_jax.data import pipeline
+from mmnet_jax.models import losses
+from mmnet_jax.models import mmnet
+
+TrainState = dict   # {'step', 'params', 'batch_stats', 'opt_state'}
+
+
+def poly_lr(config: ml_collections.ConfigDict, total_steps: int):
+  """The learning rate of 0-based step s: the original's poly rule with t = s + 1."""
+  peak = config.train.lr_multiplier * config.train.base_lr
+  power = config.train.poly_power
+
+  def schedule(step):
+    t = jnp.minimum(step + 1, total_steps).astype(jnp.float32)
+    return peak * (1.0 - t / total_steps) ** power
+  return schedule
+
+
+def trainable_labels(params: Any, freeze_backbone: bool) -> Any:
+  """'frozen' for backbone parameters when the backbone is frozen, else 'trainable'."""
+  def label(path, _):
+    top = getattr(path[0], 'key', None)
+    return 'frozen' if freeze_backbone and top == 'backbone' else 'trainable'
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
+                   params: Any) -> optax.GradientTransformation:
+  """torch-style SGD (decay added to the gradient before momentum) on trainable parameters."""
+  sgd = optax.chain(
+      optax.add_decayed_weights(config.train.weight_decay),
+      optax.sgd(poly_lr(config, total_steps), momentum=config.train.momentum))
+  return optax.multi_transform(
+      {'trainable': sgd, 'frozen': optax.set_to_zero()},
+      trainable_labels(params, config.model.freeze_backbone))
+
+
+def init_variables(model, config: ml_collections.ConfigDict) -> dict:
+  """Initial model variables (params, batch_stats) from config.seed, on the host."""
+  size = config.train.crop_size
+  k = config.shots
+  query = jnp.zeros((1, size, size, 3), jnp.float32)
+  supports = jnp.zeros((1, k, size, size, 3), jnp.float32)
+  masks = jnp.zeros((1, k, size, size), jnp.float32)
+  rng = jax.random.key(config.seed)
+  variables = jax.jit(lambda r: model.init(r, query, supports, masks, train=False))(rng)
+  return dict(variables)
+
+
+def load_init_from(config: ml_collections.ConfigDict, variables: dict) -> dict:
+  """Overwrites `variables` with the converted weights named by config.init_from."""
+  if not config.init_from:
+    return variables
+  from mmnet_jax import convert   # imported lazily: only runs that import weights need it
+  converted = convert.load_converted(config.init_from)
+  return convert.merge_into(variables, converted)
+
+
+def create_state(model, config: ml_collections.ConfigDict, total_steps: int) -> tuple[TrainState, Any]:
+  """Fresh train state (initialised, init_from applied) and the optimiser."""
+  variables = load_init_from(config, init_variables(model, config))
+  tx = make_optimizer(config, total_steps, variables['params'])
+  state = {
+      'step': jnp.zeros((), jnp.int32),
+      'params': variables['params'],
+      'batch_stats': variables.get('batch_stats', {}),
+      'opt_state': tx.init(variables['params']),
+  }
+  return state, tx
+
+
+def abstract_state(model, config: ml_collections.ConfigDict) -> TrainState:
+  """Shapes and dtypes of a train state (no computation, no init_from): a restore target."""
+  def build():
+    variables = init_variables(model, config)
+    tx = make_optimizer(config, 1, variables['params'])
+    return {'step': jnp.zeros((), jnp.int32), 'params': variables['params'],
+            'batch_stats': variables.get('batch_stats', {}),
+            'opt_state': tx.init(variables['params'])}
+  return jax.eval_shape(build)
+
+
+def support_masks(batch: dict) -> jax.Array:
+  """The model's support masks: label == 1 (255 borders and padding count as background)."""
+  return (batch['support_labels'] == 1).astype(jnp.float32)
+
+
+def make_train_step(model, tx, config: ml_collections.ConfigDict):
+  """Returns train_step(state, batch) -> (state, metrics), to be jit-compiled."""
+  aux_weight = config.train.aux_weight
+  recon_weight = config.train.recon_weight
+  base_key = jax.random.key(config.seed)
+
+  def train_step(state, batch):
+    dropout_key = jax.random.fold_in(base_key, state['step'])
+
+    def loss_fn(params):
+      variables = {'params': params, 'batch_stats': state['batch_stats']}
+      outputs, mutated = model.apply(
+          variables, batch['query_img'], batch['support_imgs'], support_masks(batch),
+          train=True, rngs={'dropout': dropout_key}, mutable=['batch_stats'])
+      total, parts = losses.mmnet_loss(outputs, batch['query_label'],
+                                       aux_weight=aux_weight, recon_weight=recon_weight)
+      return total, (parts, mutated.get('batch_stats', state['batch_stats']))
+
+    (loss, (parts, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state['params'])
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
+    metrics = dict(parts, loss=loss, finite=finite)
+    new_state = {'step': state['step'] + 1, 'params': params, 'batch_stats': new_stats,
+                 'opt_state': opt_state}
+    return new_state, metrics
+
+  return train_step
+
+
+def total_train_steps(config: ml_collections.ConfigDict, pool_size: int) -> int:
+  """config.train.num_steps, or epochs x (pool images // batch) as the original's loader."""
+  if config.train.num_steps > 0:
+    return int(config.train.num_steps)
+  per_epoch = pool_size // config.train.batch_size
+  if per_epoch == 0:
+    raise ValueError(f'the training pool has {pool_size} images, fewer than one batch of '
+                     f'{config.train.batch_size} (config train.batch_size)')
+  return int(config.train.epochs * per_epoch)
+
+
+def eval_interval(config: ml_collections.ConfigDict, pool_size: int) -> int:
+  """Steps between evaluations: config.train.eval_every, else the original's (every epoch
+  up to 50 epochs, else every second epoch)."""
+  if config.train.eval_every > 0:
+    return int(config.train.eval_every)
+  per_epoch = max(1, pool_size // config.train.batch_size)
+  return per_epoch * (1 if config.train.epochs <= 50 else 2)
+
+
+def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
+  """The parts of a config that must match for a checkpoint to be resumed or evaluated."""
+  return {'model': config.model.to_dict(), 'shots': config.shots,
+          'dataset': config.dataset.name, 'fold': config.dataset.fold}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains MM-Net as configured, then evaluates the selected checkpoint; returns results."""
+  os.makedirs(workdir, exist_ok=True)
+  workdir_io.write_config(config, workdir)
+  mesh = sharding.make_mesh()
+  model = mmnet.build_model(config.model)
+
+  train_classes, test_classes = datasets.fold_classes(
+      config.dataset.name, config.dataset.fold, config.dataset.num_folds,
+      coco_convention=config.dataset.coco_convention)
+  train_split = datasets.open_split(config.dataset, 'train')
+  pool = episodes.build_pool(train_split, train_classes,
+                             min_class_pixels=config.dataset.min_class_pixels,
+                             filter_intersection=config.dataset.filter_intersection)
+  total_steps = total_train_steps(config, len(pool))
+  every_eval = eval_interval(config, len(pool))
+  print(f'training pool: {len(pool)} images of classes {list(train_classes)}; '
+        f'{total_steps} steps, evaluation every {every_eval}', flush=True)
+
+  state, tx = create_state(model, config, total_steps)
+  ckpts = checkpoint.RunCheckpoints(workdir)
+  restored = checkpoint.restore(ckpts.latest, checkpoint.abstract_like(
+      state, sharding.replicated(mesh)))
+  best_miou = -1.0
+  if restored is not None:
+    state, meta = restored
+    workdir_io.check_fingerprint(meta, config_fingerprint(config), ckpts.latest.directory)
+    best_miou = float(meta.get('best_miou', -1.0))
+    print(f'resumed from {ckpts.latest.directory} at step {int(state["step"])}', flush=True)
+  state = sharding.replicate(state, mesh)
+
+  step_fn = jax.jit(make_train_step(model, tx, config), donate_argnums=(0,))
+  evaluator = evaluate.Evaluator(config, model, mesh, test_classes)
+  writer = workdir_io.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+  schedule = poly_lr(config, total_steps)
+  host_batch = sharding.host_batch_size(config.train.batch_size, mesh)
+  start = int(state['step'])
+  data = pipeline.train_dataset(pool, config, start_step=start, host_batch_size=host_batch,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
+  fingerprint = config_fingerprint(config)
+
+  def save(step, metrics=None, best=False):
+    meta = {'step': step, 'best_miou': best_miou, 'fingerprint': fingerprint,
+            'metrics': metrics or {}}
+    host_state = jax.device_get(state)
+    ckpts.save_latest(step, host_state, meta)
+    if best:
+      ckpts.save_best(step, host_state, meta)
+
+  bar = tqdm.tqdm(total=total_steps, initial=start, desc='train', dynamic_ncols=True,
+                  disable=jax.process_index() != 0)
+  t_last, steps_since = time.perf_counter(), 0
+  for step in range(start, total_steps):
+    batch = sharding.to_global(next(data), mesh)
+    state, metrics = step_fn(state, batch)
+    steps_since += 1
+    done = step + 1
+    if done % config.train.log_every == 0 or done == total_steps:
+      metrics = jax.device_get(metrics)
+      if not bool(metrics['finite']):
+        ckpts.wait()
+        raise FloatingPointError(
+            f'non-finite loss or gradient at step {done} (loss {float(metrics["loss"])}); '
+            f'the last good checkpoint in {ckpts.latest.directory} is kept')
+      now = time.perf_counter()
+      eps = steps_since * config.train.batch_size / (now - t_last)
+      t_last, steps_since = now, 0
+      lr = float(schedule(step))
+      scalars = {k: float(v) for k, v in metrics.items() if k != 'finite'}
+      scalars.update(lr=lr, episodes_per_s=eps)
+      writer.scalars(done, {f'train/{k}': v for k, v in scalars.items()})
+      bar.set_postfix(loss=f'{scalars["loss"]:.3f}', lr=f'{lr:.2e}', eps=f'{eps:.1f}')
+    bar.update(1)
+    if done % every_eval == 0 or done == total_steps:
+      summary = evaluator.evaluate(
+          {'params': state['params'], 'batch_stats': state['batch_stats']},
+          num_episodes=config.eval.during_training_episodes, with_baselines=False)
+      writer.scalars(done, {'eval/miou': summary['miou'], 'eval/fb_iou': summary['fb_iou']})
+      improved = summary['miou'] > best_miou
+      best_miou = max(best_miou, summary['miou'])
+      bar.write(f'step {done}: mIoU {summary["miou"]:.2f}  FB-IoU {summary["fb_iou"]:.2f}'
+                f'{"  (best)" if improved else ""}')
+      save(done, {'miou': summary['miou'], 'fb_iou': summary['fb_iou']}, best=improved)
+    elif done % config.train.checkpoint_every == 0:
+      save(done)
+  bar.close()
+  save(total_steps)
+  ckpts.wait()
+  ckpts.close()
+  writer.close()
+  return evaluate.evaluate_workdir(config, workdir)
