@@ -1,0 +1,394 @@
+"""Read PyTorch `.pth` files without PyTorch and without running checkpoint code.
+
+Both serialisation formats that `torch.save` has written are supported:
+
+* zip (torch >= 1.6): `<archive>/data.pkl` holds the object pickle, whose persistent ids
+  name storages stored raw in `<archive>/data/<key>`; `<archive>/byteorder` says the byte
+  order (little endian when absent).
+* legacy (torch < 1.6, or `_use_new_zipfile_serialization=False`): consecutive pickles
+  magic number, protocol version, sys_info, the object pickle, the list of storage keys,
+  then for every key an int64 element count followed by the raw storage bytes.
+
+The unpickler is restricted: `find_class` resolves only the handful of globals that
+tensors, containers and numbers need and refuses every other global with an
+`UnsafeCheckpointError` naming the file and the global, so nothing from a checkpoint is
+ever called. Tensors (and `nn.Parameter`s) come back as numpy arrays that own their data,
+honouring the storage offset, size and stride.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import pickle
+import struct
+import zipfile
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+
+# torch storage class name -> numpy dtype of one element.
+_STORAGE_DTYPES = {
+  'FloatStorage': np.dtype(np.float32),
+  'DoubleStorage': np.dtype(np.float64),
+  'HalfStorage': np.dtype(np.float16),
+  'BFloat16Storage': np.dtype(ml_dtypes.bfloat16),
+  'LongStorage': np.dtype(np.int64),
+  'IntStorage': np.dtype(np.int32),
+  'ShortStorage': np.dtype(np.int16),
+  'CharStorage': np.dtype(np.int8),
+  'ByteStorage': np.dtype(np.uint8),
+  'BoolStorage': np.dtype(np.bool_),
+  'ComplexFloatStorage': np.dtype(np.complex64),
+  'ComplexDoubleStorage': np.dtype(np.complex128),
+}
+
+# torch dtype name (as pickled: GLOBAL torch.<name>) -> numpy dtype; used by _rebuild_tensor_v3.
+_TORCH_DTYPES = {
+  'float32': np.dtype(np.float32),
+  'float64': np.dtype(np.float64),
+  'float16': np.dtype(np.float16),
+  'bfloat16': np.dtype(ml_dtypes.bfloat16),
+  'int64': np.dtype(np.int64),
+  'int32': np.dtype(np.int32),
+  'int16': np.dtype(np.int16),
+  'int8': np.dtype(np.int8),
+  'uint8': np.dtype(np.uint8),
+  'uint16': np.dtype(np.uint16),
+  'uint32': np.dtype(np.uint32),
+  'uint64': np.dtype(np.uint64),
+  'bool': np.dtype(np.bool_),
+  'complex64': np.dtype(np.complex64),
+  'complex128': np.dtype(np.complex128),
+}
+
+# Builtins that the pickle protocol uses to rebuild plain containers and numbers.
+_SAFE_BUILTINS = frozenset(
+  ['dict', 'list', 'tuple', 'set', 'frozenset', 'int', 'float', 'complex', 'bool',
+   'bytes', 'bytearray', 'str', 'slice'])
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+  """A checkpoint referenced a global outside the allow-list (it was not imported)."""
+
+
+class CheckpointFormatError(ValueError):
+  """A checkpoint is malformed or uses a feature this reader does not support."""
+
+
+class _StorageType:
+  """Stand-in for a torch storage class (e.g. `torch.FloatStorage`): only its dtype."""
+
+  def __init__(self, name: str, dtype: np.dtype):
+    self.name = name
+    self.dtype = dtype
+
+
+class _TorchDtype:
+  """Stand-in for a `torch.dtype` global such as `torch.float32`."""
+
+  def __init__(self, dtype: np.dtype):
+    self.dtype = dtype
+
+
+class _Storage:
+  """A storage named by a persistent id; `data` (flat numpy) is filled once read."""
+
+  def __init__(self, key: str, dtype: np.dtype, numel: int):
+    self.key = key
+    self.dtype = dtype
+    self.numel = numel
+    self.data: np.ndarray | None = None
+
+
+class _StorageView:
+  """Legacy storage view: a slice [offset, offset + numel) of a root storage."""
+
+  def __init__(self, root: _Storage, offset: int, numel: int):
+    self.root = root
+    self.offset = offset
+    self.numel = numel
+    self.dtype = root.dtype
+
+
+class _TensorRef:
+  """A tensor whose storage bytes may not be read yet (legacy files store them last)."""
+
+  def __init__(self, storage, offset, size, stride, dtype=None):
+    self.storage = storage
+    self.offset = int(offset)
+    self.size = tuple(int(s) for s in size)
+    self.stride = tuple(int(s) for s in stride)
+    self.dtype = dtype  # only _rebuild_tensor_v3 reinterprets the storage
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride):
+  return _TensorRef(storage, storage_offset, size, stride)
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
+             backward_hooks=None, metadata=None):
+  del requires_grad, backward_hooks, metadata
+  return _TensorRef(storage, storage_offset, size, stride)
+
+
+def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks,
+             dtype, metadata=None):
+  del requires_grad, backward_hooks, metadata
+  if not isinstance(dtype, _TorchDtype):
+    raise CheckpointFormatError(f'_rebuild_tensor_v3 expects a torch dtype, got {dtype!r}')
+  return _TensorRef(storage, storage_offset, size, stride, dtype=dtype.dtype)
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
+  del requires_grad, backward_hooks
+  return data
+
+
+def _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state):
+  del requires_grad, backward_hooks, state
+  return data
+
+
+def _torch_size(sizes=()):
+  return tuple(sizes)
+
+
+_TORCH_UTILS = {
+  '_rebuild_tensor': _rebuild_tensor,
+  '_rebuild_tensor_v2': _rebuild_tensor_v2,
+  '_rebuild_tensor_v3': _rebuild_tensor_v3,
+  '_rebuild_parameter': _rebuild_parameter,
+  '_rebuild_parameter_with_state': _rebuild_parameter_with_state,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+  """Unpickler that resolves only allow-listed globals and torch storage persistent ids."""
+
+  def __init__(self, file, source: str, storages: dict[str, _Storage], legacy: bool):
+    super().__init__(file, encoding='latin1')
+    self._source = source
+    self._storages = storages
+    self._legacy = legacy
+
+  def find_class(self, module, name):
+    resolved = _resolve_global(module, name)
+    if resolved is None:
+      raise UnsafeCheckpointError(
+        f'{self._source}: refusing to load global {module}.{name!s}: only tensors, '
+        'containers and numbers are allowed in a checkpoint')
+    return resolved
+
+  def persistent_load(self, pid):
+    if not isinstance(pid, tuple) or not pid:
+      raise CheckpointFormatError(f'{self._source}: unexpected persistent id {pid!r}')
+    typename = pid[0].decode('ascii') if isinstance(pid[0], bytes) else pid[0]
+    if typename != 'storage':
+      raise UnsafeCheckpointError(
+        f'{self._source}: refusing persistent id of type {typename!r} (only storages '
+        'are allowed; whole pickled modules are not supported)')
+    if self._legacy:
+      if len(pid) != 6:
+        raise CheckpointFormatError(f'{self._source}: bad legacy storage id {pid!r}')
+      storage_type, key, _location, numel, view = pid[1:]
+    else:
+      if len(pid) != 5:
+        raise CheckpointFormatError(f'{self._source}: bad storage id {pid!r}')
+      storage_type, key, _location, numel = pid[1:]
+      view = None
+    if not isinstance(storage_type, _StorageType):
+      raise CheckpointFormatError(
+        f'{self._source}: storage {key!r} has no storage type ({storage_type!r})')
+    key = str(key)
+    storage = self._storages.get(key)
+    if storage is None:
+      storage = _Storage(key, storage_type.dtype, int(numel))
+      self._storages[key] = storage
+    if view is not None:
+      _view_key, offset, view_numel = view
+      return _StorageView(storage, int(offset), int(view_numel))
+    return storage
+
+
+def _resolve_global(module: str, name: str):
+  """Returns the stand-in for an allow-listed global, or None if it is not allowed."""
+  if module == 'collections' and name == 'OrderedDict':
+    return collections.OrderedDict
+  if module in ('builtins', '__builtin__') and name in _SAFE_BUILTINS:
+    return getattr(__import__('builtins'), name)
+  if module == '_codecs' and name == 'encode':
+    # Protocol-2 pickles of `bytes` call _codecs.encode(str, 'latin1').
+    return _codecs_encode
+  if module == 'torch._utils' and name in _TORCH_UTILS:
+    return _TORCH_UTILS[name]
+  if module in ('torch', 'torch.cuda') and name in _STORAGE_DTYPES:
+    return _StorageType(f'{module}.{name}', _STORAGE_DTYPES[name])
+  if module == 'torch' and name in _TORCH_DTYPES:
+    return _TorchDtype(_TORCH_DTYPES[name])
+  if module == 'torch' and name == 'Size':
+    return _torch_size
+  return None
+
+
+def _codecs_encode(obj, encoding='utf-8'):
+  if not isinstance(obj, str) or encoding not in ('latin1', 'latin-1', 'utf-8', 'utf8'):
+    raise CheckpointFormatError(f'unexpected _codecs.encode({type(obj).__name__}, {encoding!r})')
+  return obj.encode(encoding)
+
+
+def load(path: str | os.PathLike) -> Any:
+  """Loads a `.pth` file written by `torch.save` without importing torch.
+
+  Args:
+    path: the checkpoint file (zip or legacy format).
+
+  Returns:
+    The saved object with every tensor replaced by a numpy array (float32, float16,
+    bfloat16 via ml_dtypes, int64, bool, ...) that owns its memory.
+
+  Raises:
+    UnsafeCheckpointError: the pickle references a global outside the allow-list.
+    CheckpointFormatError: the file is not a torch checkpoint this reader understands.
+  """
+  source = os.fspath(path)
+  with open(source, 'rb') as f:
+    raw = f.read()
+  if zipfile.is_zipfile(io.BytesIO(raw)):
+    return _load_zip(raw, source)
+  return _load_legacy(raw, source)
+
+
+def _load_zip(raw: bytes, source: str) -> Any:
+  with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+    names = zf.namelist()
+    pickles = [n for n in names if n.endswith('data.pkl') and n.count('/') == 1]
+    if len(pickles) != 1:
+      raise CheckpointFormatError(
+        f'{source}: expected one <archive>/data.pkl in the zip, found {pickles}')
+    prefix = pickles[0][:-len('data.pkl')]
+    byteorder = 'little'
+    if prefix + 'byteorder' in names:
+      byteorder = zf.read(prefix + 'byteorder').decode('ascii').strip()
+    if byteorder not in ('little', 'big'):
+      raise CheckpointFormatError(f'{source}: unknown byteorder {byteorder!r}')
+    storages: dict[str, _Storage] = {}
+    obj = _RestrictedUnpickler(io.BytesIO(zf.read(pickles[0])), source, storages,
+                   legacy=False).load()
+    for key, storage in storages.items():
+      member = f'{prefix}data/{key}'
+      if member not in names:
+        raise CheckpointFormatError(f'{source}: storage {member} is missing')
+      storage.data = _frombuffer(zf.read(member), storage, byteorder, source)
+  return _materialise(obj, source)
+
+
+def _load_legacy(raw: bytes, source: str) -> Any:
+  f = io.BytesIO(raw)
+
+  def plain_load(what):
+    # The header pickles are plain data: the same restricted unpickler, no storages.
+    try:
+      return _RestrictedUnpickler(f, source, {}, legacy=True).load()
+    except (EOFError, pickle.UnpicklingError) as e:
+      if isinstance(e, UnsafeCheckpointError):
+        raise
+      raise CheckpointFormatError(
+        f'{source}: not a torch checkpoint (reading {what} failed: {e})') from e
+
+  magic = plain_load('the magic number')
+  if magic != _LEGACY_MAGIC:
+    raise CheckpointFormatError(
+      f'{source}: not a torch checkpoint (bad magic number {magic!r}); the pre-0.4 tar '
+      'format is not supported')
+  protocol = plain_load('the protocol version')
+  if protocol != _LEGACY_PROTOCOL:
+    raise CheckpointFormatError(f'{source}: unsupported legacy protocol {protocol!r}')
+  sys_info = plain_load('sys_info')
+  little = sys_info.get('little_endian', True) if isinstance(sys_info, dict) else True
+  byteorder = 'little' if little else 'big'
+
+  storages: dict[str, _Storage] = {}
+  obj = _RestrictedUnpickler(f, source, storages, legacy=True).load()
+  keys = plain_load('the storage keys')
+  for key in keys:
+    storage = storages.get(str(key))
+    if storage is None:
+      raise CheckpointFormatError(f'{source}: storage key {key!r} was never referenced')
+    header = f.read(8)
+    if len(header) != 8:
+      raise CheckpointFormatError(f'{source}: truncated before storage {key!r}')
+    (numel,) = struct.unpack('<q' if little else '>q', header)
+    nbytes = numel * storage.dtype.itemsize
+    payload = f.read(nbytes)
+    if numel != storage.numel or len(payload) != nbytes:
+      raise CheckpointFormatError(
+        f'{source}: storage {key!r} holds {len(payload)} bytes, expected '
+        f'{storage.numel} elements of {storage.dtype}')
+    storage.data = _frombuffer(payload, storage, byteorder, source)
+  return _materialise(obj, source)
+
+
+def _frombuffer(payload: bytes, storage: _Storage, byteorder: str, source: str) -> np.ndarray:
+  dtype = storage.dtype.newbyteorder('<' if byteorder == 'little' else '>')
+  if len(payload) != storage.numel * dtype.itemsize:
+    raise CheckpointFormatError(
+      f'{source}: storage {storage.key!r} holds {len(payload)} bytes, expected '
+      f'{storage.numel} x {dtype.itemsize}')
+  # Native byte order so that downstream code never sees a swapped dtype.
+  return np.frombuffer(payload, dtype=dtype).astype(storage.dtype, copy=False)
+
+
+def _tensor_to_numpy(ref: _TensorRef, source: str) -> np.ndarray:
+  storage = ref.storage
+  base_offset = 0
+  if isinstance(storage, _StorageView):
+    base_offset, view_numel, storage = storage.offset, storage.numel, storage.root
+    if base_offset + view_numel > storage.numel:
+      raise CheckpointFormatError(f'{source}: storage view outside storage {storage.key!r}')
+  if not isinstance(storage, _Storage) or storage.data is None:
+    raise CheckpointFormatError(f'{source}: tensor refers to an unread storage')
+  flat = storage.data
+  if ref.dtype is not None and ref.dtype != flat.dtype:
+    flat = flat.view(np.uint8).view(ref.dtype)  # v3: reinterpret the untyped bytes
+  if any(s < 0 for s in ref.size) or any(s < 0 for s in ref.stride) or ref.offset < 0:
+    raise CheckpointFormatError(f'{source}: negative size/stride/offset in a tensor')
+  if len(ref.size) != len(ref.stride):
+    raise CheckpointFormatError(f'{source}: size {ref.size} and stride {ref.stride} differ')
+  start = base_offset + ref.offset
+  if 0 in ref.size:
+    return np.zeros(ref.size, dtype=flat.dtype)
+  # Bounds check before as_strided, which would otherwise read arbitrary memory.
+  last = start + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
+  if last >= flat.size:
+    raise CheckpointFormatError(
+      f'{source}: tensor of size {ref.size} stride {ref.stride} offset {ref.offset} '
+      f'reads past the end of storage {storage.key!r} ({flat.size} elements)')
+  item = flat.itemsize
+  view = np.lib.stride_tricks.as_strided(
+    flat[start:], shape=ref.size, strides=tuple(s * item for s in ref.stride),
+    writeable=False)
+  return np.array(view, order='C', copy=True)
+
+
+def _materialise(obj: Any, source: str) -> Any:
+  """Replaces every _TensorRef in nested containers with its numpy array."""
+  if isinstance(obj, _TensorRef):
+    return _tensor_to_numpy(obj, source)
+  if isinstance(obj, (_Storage, _StorageView)):
+    raise CheckpointFormatError(f'{source}: bare storages (not tensors) are not supported')
+  if isinstance(obj, dict):
+    for k in list(obj.keys()):
+      obj[k] = _materialise(obj[k], source)
+    return obj
+  if isinstance(obj, list):
+    obj[:] = [_materialise(v, source) for v in obj]
+    return obj
+  if isinstance(obj, tuple):
+    return type(obj)(_materialise(v, source) for v in obj) if type(obj) is tuple else obj
+  return obj
