@@ -64,9 +64,8 @@ def get_config(arg=None):
   c.model.bn_mode = 'train'       # 'train' (faithful: batch statistics) or 'frozen'
   c.model.freeze_backbone = True
   c.model.kshot_mask_compat = False
-  c.model.dropout_level2 = 0.5
-  c.model.dropout_head = 0.1
-  c.model.dtype = 'float32'
+  c.model.feature_dropout = 0.5
+  c.model.head_dropout = 0.1
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 4

@@ -1,0 +1,71 @@
+"""The original's optimiser: torch SGD (coupled decay, momentum) with the per-iteration poly LR."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import default
+from mmnet_jax import train
+
+
+def _config(total=10):
+  c = default.get_config()
+  c.train.base_lr = 0.0025
+  c.train.lr_multiplier = 10.0
+  c.train.weight_decay = 1e-4
+  c.train.momentum = 0.9
+  c.train.poly_power = 0.9
+  c.train.num_steps = total
+  return c
+
+
+def test_poly_lr_counts_from_one_and_reaches_zero():
+  c = _config()
+  schedule = train.poly_lr(c, 10)
+  # step 0 is the original's iteration 1
+  assert float(schedule(0)) == pytest.approx(0.025 * (1 - 1 / 10) ** 0.9, rel=1e-6)
+  assert float(schedule(4)) == pytest.approx(0.025 * (1 - 5 / 10) ** 0.9, rel=1e-6)
+  assert float(schedule(9)) == 0.0
+
+
+def test_sgd_matches_hand_computed_torch_semantics():
+  c = _config(total=10)
+  params = {'backbone': {'w': jnp.array([1.0, -2.0])}, 'head': {'w': jnp.array([0.5, 3.0])}}
+  c.model.freeze_backbone = True
+  tx = train.make_optimizer(c, 10, params)
+  state = tx.init(params)
+  grads_seq = [np.array([0.1, -0.3]), np.array([0.2, 0.05])]
+  p = np.array([0.5, 3.0])
+  buf = np.zeros(2)
+  for t, g in enumerate(grads_seq):
+    lr = 0.025 * (1 - (t + 1) / 10) ** 0.9
+    buf = 0.9 * buf + (g + 1e-4 * p)          # torch: d_p = g + wd * p; buf = m * buf + d_p
+    p = p - lr * buf
+    grads = {'backbone': {'w': jnp.array([5.0, 5.0])}, 'head': {'w': jnp.asarray(g)}}
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(params['head']['w'], p, rtol=1e-6)
+  # frozen backbone: neither the gradient nor the weight decay moves it
+  np.testing.assert_array_equal(params['backbone']['w'], [1.0, -2.0])
+
+
+def test_unfrozen_backbone_is_trained():
+  c = _config()
+  c.model.freeze_backbone = False
+  params = {'backbone': {'w': jnp.array([1.0])}}
+  tx = train.make_optimizer(c, 10, params)
+  updates, _ = tx.update({'backbone': {'w': jnp.array([1.0])}}, tx.init(params), params)
+  assert float(updates['backbone']['w'][0]) < 0
+
+
+def test_total_steps_follow_the_original_loader():
+  c = _config(total=0)
+  c.train.epochs = 3
+  c.train.batch_size = 4
+  assert train.total_train_steps(c, 10) == 3 * 2    # drop_last: 10 // 4 batches per epoch
+  with pytest.raises(ValueError, match='train.batch_size'):
+    train.total_train_steps(c, 3)
+  c.train.epochs = 200
+  c.train.eval_every = 0
+  assert train.eval_interval(c, 10) == 4          # every 2nd epoch beyond 50 epochs
