@@ -1,0 +1,480 @@
+"""Convert original PyTorch checkpoints and ImageNet backbones to mmnet_jax variables.
+
+  python -m mmnet_jax.convert --format FORMAT --input FILE --output DIR [--config FILE[:ARG]]
+
+Formats:
+  mmnet-official      MM-Net train.py checkpoint {'state_dict': {'module.…'}, 'epoch', 'optimizer'}
+            -> full model (params + backbone BN batch_stats).
+  pfenet-resnet       PFENet/semseg resnet{50,101}_v2.pth (deep stem, fc ignored) -> backbone.
+  torchvision-resnet  torchvision resnet{50,101} state dict (7x7 stem, fc ignored) -> backbone.
+
+The output directory holds an orbax PyTree checkpoint of {'params': ..., 'batch_stats': ...}
+under `checkpoint/` and `convert_info.json` (format, source, counts, skipped keys). Every
+input key is either mapped, deliberately skipped (BN num_batches_tracked, fc, MM-Net's unused
+alpha/beta Linear layers) or reported as an error; so is every expected key that is absent.
+The `.pth` is read with `mmnet_jax.torch_pickle` (no torch, no code execution).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib.util
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from typing import Any, Mapping
+
+import numpy as np
+
+from mmnet_jax import torch_pickle
+
+FORMATS = ('mmnet-official', 'pfenet-resnet', 'torchvision-resnet')
+
+_CKPT_SUBDIR = 'checkpoint'
+_INFO_FILE = 'convert_info.json'
+
+_BN_PARAMS = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
+        'running_mean': ('batch_stats', 'mean'), 'running_var': ('batch_stats', 'var')}
+
+_DEEP_STEM = ('conv1', 'bn1', 'conv2', 'bn2', 'conv3', 'bn3')
+# MM-Net wraps the deep stem in nn.Sequential: indices 2, 5, 8 are ReLUs, 9 the max-pool.
+_OFFICIAL_STEM = {'0': 'conv1', '1': 'bn1', '3': 'conv2', '4': 'bn2', '6': 'conv3', '7': 'bn3'}
+_BLOCK_MODULES = ('conv1', 'bn1', 'conv2', 'bn2', 'conv3', 'bn3')
+
+
+class ConversionError(ValueError):
+  """A checkpoint does not match the expected key structure or the model's shapes."""
+
+
+class _Module(collections.namedtuple('_Module', 'path kind has_bias')):
+  """Target of one torch module: flax path, 'conv' | 'bn' | 'memory', conv bias flag."""
+
+
+def _backbone_module(name: str, stem: str) -> _Module | None:
+  """Maps a torch backbone module name (no param suffix) to its flax target."""
+  if stem == 'official':
+    m = re.fullmatch(r'layer0\.(\d+)', name)
+    if m and m.group(1) in _OFFICIAL_STEM:
+      sub = _OFFICIAL_STEM[m.group(1)]
+      return _Module(('backbone', 'stem', sub), 'bn' if 'bn' in sub else 'conv', False)
+  else:
+    allowed = _DEEP_STEM if stem == 'deep' else ('conv1', 'bn1')
+    if name in allowed:
+      return _Module(('backbone', 'stem', name), 'bn' if name.startswith('bn') else 'conv',
+               False)
+  m = re.fullmatch(r'layer([1-4])\.(\d+)\.(conv[123]|bn[123]|downsample\.[01])', name)
+  if m:
+    layer, block, sub = m.groups()
+    sub = {'downsample.0': 'downsample_conv', 'downsample.1': 'downsample_bn'}.get(sub, sub)
+    kind = 'bn' if 'bn' in sub else 'conv'
+    return _Module(('backbone', f'layer{layer}_{block}', sub), kind, False)
+  return None
+
+
+def _head_module(name: str) -> _Module | None:
+  """Maps a torch MM-Net head module name to its flax target (None if unknown)."""
+  if name == 'part_emb_2_level':
+    return _Module(('memory', 'slots'), 'memory', False)
+  fixed = {
+    'down_query_level_2.0': (('down_query', 'conv'), False),
+    'down_supp_level_2.0': (('down_supp', 'conv'), False),
+    'res1.0': (('decoder', 'res1', 'conv'), False),
+    'res2.0': (('decoder', 'res2', 'conv1'), False),
+    'res2.2': (('decoder', 'res2', 'conv2'), False),
+    'cls.0': (('decoder', 'cls', 'conv'), False),
+    'cls.3': (('decoder', 'cls', 'cls'), True),
+  }
+  if name in fixed:
+    path, bias = fixed[name]
+    return _Module(path, 'conv', bias)
+  m = re.fullmatch(r'(init_merge|alpha_conv|beta_conv|inner_cls)\.(\d+)\.(\d+)', name)
+  if m:
+    group, b, idx = m.groups()
+    sub = {('init_merge', '0'): ('conv', False), ('alpha_conv', '0'): ('conv', False),
+         ('beta_conv', '0'): ('conv1', False), ('beta_conv', '2'): ('conv2', False),
+         ('inner_cls', '0'): ('conv', False), ('inner_cls', '3'): ('cls', True)}.get(
+           (group, idx))
+    if sub:
+      return _Module(('decoder', f'{group}_{b}', sub[0]), 'conv', sub[1])
+  return None
+
+
+def _is_skipped(name: str, fmt: str) -> bool:
+  """Keys that are dropped on purpose (never an error)."""
+  if name.endswith('.num_batches_tracked'):
+    return True
+  if fmt == 'mmnet-official':
+    return re.match(r'(alpha|beta)\.', name) is not None  # unused Linear(256, 256) layers
+  return re.match(r'fc\.', name) is not None  # ImageNet classifier
+
+
+def _split_key(key: str) -> tuple[str, str]:
+  if key == 'part_emb_2_level':
+    return key, ''
+  module, _, param = key.rpartition('.')
+  return module, param
+
+
+def _strip_prefix(state_dict: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+  """Removes the DataParallel 'module.' prefix when every key has it."""
+  keys = list(state_dict)
+  if keys and all(k.startswith('module.') for k in keys):
+    return {k[len('module.'):]: v for k, v in state_dict.items()}, 'module.'
+  return dict(state_dict), ''
+
+
+def _expected_params(module: _Module) -> tuple[str, ...]:
+  if module.kind == 'memory':
+    return ('',)
+  if module.kind == 'bn':
+    return tuple(_BN_PARAMS)
+  return ('weight', 'bias') if module.has_bias else ('weight',)
+
+
+def _required_modules(found: set[tuple[str, ...]], fmt: str) -> list[tuple[str, ...]]:
+  """Module paths that must be present given the blocks/scales that were found."""
+  required = []
+  stem = ('conv1', 'bn1') if fmt == 'torchvision-resnet' else _DEEP_STEM
+  required += [('backbone', 'stem', s) for s in stem]
+  for layer in range(1, 5):
+    blocks = {int(p[1].split('_')[1]) for p in found
+          if p[0] == 'backbone' and p[1].startswith(f'layer{layer}_')}
+    for b in range(max(blocks, default=0) + 1):
+      names = _BLOCK_MODULES + (('downsample_conv', 'downsample_bn') if b == 0 else ())
+      required += [('backbone', f'layer{layer}_{b}', s) for s in names]
+  if fmt == 'mmnet-official':
+    required += [('down_query', 'conv'), ('down_supp', 'conv'), ('memory', 'slots'),
+           ('decoder', 'res1', 'conv'), ('decoder', 'res2', 'conv1'),
+           ('decoder', 'res2', 'conv2'), ('decoder', 'cls', 'conv'),
+           ('decoder', 'cls', 'cls')]
+    bins = {int(p[1].rsplit('_', 1)[1]) for p in found
+        if p[0] == 'decoder' and p[1].startswith(('init_merge_', 'beta_conv_',
+                              'inner_cls_'))}
+    n = max(bins, default=3) + 1  # the original has 4 scales
+    for b in range(n):
+      required += [('decoder', f'init_merge_{b}', 'conv'), ('decoder', f'beta_conv_{b}', 'conv1'),
+             ('decoder', f'beta_conv_{b}', 'conv2'), ('decoder', f'inner_cls_{b}', 'conv'),
+             ('decoder', f'inner_cls_{b}', 'cls')]
+      if b >= 1:
+        required.append(('decoder', f'alpha_conv_{b - 1}', 'conv'))
+  return required
+
+
+def _torch_name(path: tuple[str, ...], fmt: str) -> str:
+  """Inverse of the module mapping, for error messages about missing modules."""
+  if path[0] == 'backbone':
+    if path[1] == 'stem':
+      if fmt == 'mmnet-official':
+        inv = {v: k for k, v in _OFFICIAL_STEM.items()}
+        return f'layer0.{inv[path[2]]}'
+      return path[2]
+    layer, block = path[1][len('layer'):].split('_')
+    sub = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}.get(path[2], path[2])
+    return f'layer{layer}.{block}.{sub}'
+  if path == ('memory', 'slots'):
+    return 'part_emb_2_level'
+  inv = {('down_query', 'conv'): 'down_query_level_2.0', ('down_supp', 'conv'): 'down_supp_level_2.0',
+       ('decoder', 'res1', 'conv'): 'res1.0', ('decoder', 'res2', 'conv1'): 'res2.0',
+       ('decoder', 'res2', 'conv2'): 'res2.2', ('decoder', 'cls', 'conv'): 'cls.0',
+       ('decoder', 'cls', 'cls'): 'cls.3'}
+  if path in inv:
+    return inv[path]
+  group, b = path[1].rsplit('_', 1)
+  idx = {('beta_conv', 'conv2'): '2', ('inner_cls', 'cls'): '3'}.get((group, path[2]), '0')
+  return f'{group}.{b}.{idx}'
+
+
+def _convert_array(key: str, value: Any, module: _Module, param: str) -> np.ndarray:
+  arr = np.asarray(value)
+  if not np.issubdtype(arr.dtype, np.floating) and arr.dtype.name != 'bfloat16':
+    raise ConversionError(f'{key}: expected a floating tensor, got dtype {arr.dtype}')
+  arr = arr.astype(np.float32)
+  if module.kind == 'memory':
+    if arr.ndim != 3 or arr.shape[0] != 1:
+      raise ConversionError(f'{key}: expected shape (1, C, N), got {arr.shape}')
+    return arr[0]  # (C, N)
+  if module.kind == 'conv' and param == 'weight':
+    if arr.ndim != 4:
+      raise ConversionError(f'{key}: expected a 4-D OIHW conv weight, got {arr.shape}')
+    return np.ascontiguousarray(arr.transpose(2, 3, 1, 0))  # OIHW -> HWIO
+  if arr.ndim != 1:
+    raise ConversionError(f'{key}: expected a 1-D tensor, got {arr.shape}')
+  return arr
+
+
+def convert_state_dict_with_info(state_dict: Mapping[str, Any], fmt: str
+                 ) -> tuple[dict[str, dict], dict[str, Any]]:
+  """Like `convert_state_dict`, also returning {'mapped', 'skipped', 'num_values'}."""
+  if fmt not in FORMATS:
+    raise ConversionError(f'unknown format {fmt!r}; expected one of {FORMATS}')
+  if not isinstance(state_dict, Mapping):
+    raise ConversionError(f'expected a state dict (mapping), got {type(state_dict).__name__}')
+  sd, prefix = _strip_prefix(state_dict)
+  stem = {'mmnet-official': 'official', 'pfenet-resnet': 'deep',
+      'torchvision-resnet': 'torchvision'}[fmt]
+  tree: dict[str, dict] = {'params': {}, 'batch_stats': {}}
+  skipped, unknown, seen = [], [], {}
+  for key, value in sd.items():
+    if _is_skipped(key, fmt):
+      skipped.append(prefix + key)
+      continue
+    name, param = _split_key(key)
+    module = _backbone_module(name, stem)
+    if module is None and fmt == 'mmnet-official':
+      module = _head_module(name)
+    if module is None or param not in _expected_params(module):
+      unknown.append(prefix + key)
+      continue
+    seen.setdefault(module.path, (module, set()))[1].add(param)
+    arr = _convert_array(prefix + key, value, module, param)
+    if module.kind == 'memory':
+      collection, leaf_path = 'params', module.path
+    elif module.kind == 'bn':
+      collection, leaf = _BN_PARAMS[param]
+      leaf_path = module.path + (leaf,)
+    else:
+      collection = 'params'
+      leaf_path = module.path + ({'weight': 'kernel', 'bias': 'bias'}[param],)
+    node = tree[collection]
+    for part in leaf_path[:-1]:
+      node = node.setdefault(part, {})
+    node[leaf_path[-1]] = arr
+  if unknown:
+    raise ConversionError(f'{len(unknown)} unmapped key(s) for format {fmt}: {unknown}')
+  missing = []
+  for path in _required_modules(set(seen), fmt):
+    have = seen.get(path, (None, set()))[1]
+    module = seen[path][0] if path in seen else _Module(
+      path, 'memory' if path == ('memory', 'slots') else ('bn' if 'bn' in path[-1] else 'conv'),
+      path[-1] == 'cls')
+    for param in _expected_params(module):
+      if param not in have:
+        name = _torch_name(path, fmt)
+        missing.append(prefix + (f'{name}.{param}' if param else name))
+  if missing:
+    raise ConversionError(f'{len(missing)} missing key(s) for format {fmt}: {missing}')
+  if not tree['batch_stats']:
+    del tree['batch_stats']
+  num_values = sum(a.size for a in _leaves(tree))
+  info = {'mapped': len(_leaves(tree)), 'skipped': skipped, 'num_values': int(num_values)}
+  return tree, info
+
+
+def convert_state_dict(state_dict: Mapping[str, Any], fmt: str) -> dict[str, dict]:
+  """Maps a torch state dict to {'params': ..., 'batch_stats': ...} (numpy float32).
+
+  Args:
+    state_dict: flat {torch key: array}; a leading 'module.' on every key is removed.
+    fmt: one of FORMATS.
+
+  Returns:
+    Nested dicts following docs/architecture.md; backbone formats hold only 'backbone'.
+
+  Raises:
+    ConversionError: naming every unmapped key, or every expected key that is missing.
+  """
+  return convert_state_dict_with_info(state_dict, fmt)[0]
+
+
+def extract_state_dict(checkpoint: Any, fmt: str, source: str = '<checkpoint>') -> Mapping:
+  """Returns the flat state dict inside a loaded `.pth` object for `fmt`."""
+  if fmt == 'mmnet-official' and isinstance(checkpoint, Mapping) and 'state_dict' in checkpoint:
+    checkpoint = checkpoint['state_dict']
+  if not isinstance(checkpoint, Mapping) or not all(isinstance(k, str) for k in checkpoint):
+    raise ConversionError(f'{source}: expected a state dict of str keys for format {fmt}')
+  return checkpoint
+
+
+def _leaves(tree: Any) -> list[np.ndarray]:
+  if isinstance(tree, Mapping):
+    return [leaf for v in tree.values() for leaf in _leaves(v)]
+  return [tree]
+
+
+def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, prefix + (k,)))
+    else:
+      out[prefix + (k,)] = v
+  return out
+
+
+def merge_into(variables: Mapping, converted: Mapping) -> dict:
+  """Returns `variables` with the subtrees present in `converted` replaced.
+
+  For every collection of `converted` and every top-level module it holds (e.g. only
+  'backbone' for a backbone file), the set of leaves must equal the model's and each shape
+  must match; the values are cast to the model's dtype. Works on arrays or on
+  `jax.ShapeDtypeStruct`s (then it only validates and returns the converted values).
+
+  Raises:
+    ConversionError: naming the parameter path and both shapes, or the leaves present
+    on one side only.
+  """
+  out = {c: dict(_flatten(v)) for c, v in variables.items()}
+  errors = []
+  for collection, subtree in converted.items():
+    if collection not in out:
+      errors.append(f'collection {collection!r} is not in the model '
+              f'(model has {sorted(out)})')
+      continue
+    model_leaves = out[collection]
+    conv_leaves = _flatten(subtree)
+    tops = {p[0] for p in conv_leaves}
+    for path in sorted(p for p in model_leaves if p[0] in tops):
+      if path not in conv_leaves:
+        errors.append(f'{collection}/{"/".join(path)} is in the model but not in the '
+                'converted checkpoint')
+    for path, value in sorted(conv_leaves.items()):
+      name = f'{collection}/{"/".join(path)}'
+      if path not in model_leaves:
+        errors.append(f'{name} is not a model variable')
+        continue
+      target = model_leaves[path]
+      if tuple(target.shape) != tuple(np.shape(value)):
+        errors.append(f'{name}: model shape {tuple(target.shape)} != converted shape '
+                f'{tuple(np.shape(value))}')
+        continue
+      model_leaves[path] = np.asarray(value).astype(target.dtype)
+  if errors:
+    raise ConversionError('converted checkpoint does not fit the model:\n  ' +
+                '\n  '.join(errors))
+  return {c: _unflatten(leaves) for c, leaves in out.items()}
+
+
+def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
+  tree: dict = {}
+  for path, value in flat.items():
+    node = tree
+    for part in path[:-1]:
+      node = node.setdefault(part, {})
+    node[path[-1]] = value
+  return tree
+
+
+def save_converted(tree: Mapping, out_dir: str, info: Mapping[str, Any] | None = None) -> None:
+  """Writes `tree` (orbax PyTree checkpoint) and `info` JSON to `out_dir` atomically.
+
+  The directory is assembled next to `out_dir` and renamed into place; an existing
+  non-empty `out_dir` is never touched.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  out_dir = os.path.abspath(out_dir)
+  if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+    raise FileExistsError(f'output {out_dir} already exists and is not empty; choose a new '
+                'directory')
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(out_dir)}.tmp-', dir=parent)
+  try:
+    tree = {c: {k: v for k, v in sub.items()} for c, sub in tree.items()}
+    ocp.PyTreeCheckpointer().save(os.path.join(tmp, _CKPT_SUBDIR), tree)
+    with open(os.path.join(tmp, _INFO_FILE), 'w') as f:
+      json.dump(dict(info or {}), f, indent=2, sort_keys=True)
+    if os.path.isdir(out_dir):
+      os.rmdir(out_dir)  # empty (checked above)
+    os.rename(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def load_converted(out_dir: str) -> dict:
+  """Restores a tree written by `save_converted` as nested dicts of numpy arrays."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(os.path.abspath(out_dir), _CKPT_SUBDIR)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'{out_dir}: no converted checkpoint (expected {path}/)')
+  restored = ocp.PyTreeCheckpointer().restore(path)
+  return _to_numpy(restored)
+
+
+def _to_numpy(tree: Any) -> Any:
+  if isinstance(tree, Mapping):
+    return {k: _to_numpy(v) for k, v in tree.items()}
+  return np.asarray(tree)
+
+
+def load_config(spec: str):
+  """Loads `get_config(arg)` from 'path/to/config.py[:arg]'."""
+  path, _, arg = spec.partition(':')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'--config: no such file {path}')
+  module_spec = importlib.util.spec_from_file_location('_convert_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def abstract_variables(config) -> dict:
+  """Shapes of the model's variables for `config` (jax.eval_shape of init, no FLOPs)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from mmnet_jax.models import mmnet  # pylint: disable=g-import-not-at-top
+
+  model = mmnet.MMNet.from_config(config.model)
+  shots = int(config.get('shots', 1))
+  size = 65  # any (H - 1) % 8 == 0 size: variable shapes do not depend on it
+  q = jnp.zeros((1, size, size, 3), jnp.float32)
+  s = jnp.zeros((1, shots, size, size, 3), jnp.float32)
+  m = jnp.zeros((1, shots, size, size), jnp.float32)
+  variables = jax.eval_shape(
+    lambda: model.init({'params': jax.random.key(0), 'dropout': jax.random.key(1)},
+               q, s, m, train=False))
+  return {c: _plain(v) for c, v in variables.items() if c in ('params', 'batch_stats')}
+
+
+def _plain(tree):
+  if isinstance(tree, Mapping):
+    return {k: _plain(v) for k, v in tree.items()}
+  return tree
+
+
+def convert_file(input_path: str, fmt: str, output_dir: str, config_spec: str | None = None
+         ) -> dict[str, Any]:
+  """Reads a `.pth`, converts it, optionally validates against a config, saves; returns info."""
+  checkpoint = torch_pickle.load(input_path)
+  state_dict = extract_state_dict(checkpoint, fmt, input_path)
+  tree, info = convert_state_dict_with_info(state_dict, fmt)
+  if config_spec:
+    merge_into(abstract_variables(load_config(config_spec)), tree)
+  info = {'format': fmt, 'source': os.path.abspath(input_path), 'config': config_spec,
+      'num_input_keys': len(state_dict), 'num_arrays': info['mapped'],
+      'num_values': info['num_values'], 'skipped_keys': info['skipped'],
+      'collections': sorted(tree),
+      'modules': sorted({m for sub in tree.values() for m in sub})}
+  if isinstance(checkpoint, Mapping) and 'epoch' in checkpoint:
+    info['epoch'] = checkpoint['epoch']
+  save_converted(tree, output_dir, info)
+  return info
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--format', required=True, choices=FORMATS)
+  parser.add_argument('--input', required=True, help='the .pth file')
+  parser.add_argument('--output', required=True, help='new (or empty) output directory')
+  parser.add_argument('--config', default=None,
+            help='config file[:arg]; validates shapes against its model')
+  args = parser.parse_args(argv)
+  try:
+    info = convert_file(args.input, args.format, args.output, args.config)
+  except (ConversionError, torch_pickle.CheckpointFormatError,
+      torch_pickle.UnsafeCheckpointError, FileExistsError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(f'wrote {args.output}: {info["num_arrays"]} arrays, {info["num_values"]:,} values, '
+      f'{len(info["skipped_keys"])} skipped keys')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
