@@ -1,0 +1,136 @@
+"""TFDS builder for the synthetic few-shot benchmark, and its `FewShotSplit` reader.
+
+The dataset is written as array_record so `builder.as_data_source(split)` gives random access
+(numpy decoding, no tf graph per example). Each builder config is one setting of the generator
+knobs; its name encodes them, so a data_dir holds every setting built so far side by side:
+`<data_dir>/synthetic_fss/<config name>/1.0.0/`.
+
+Features: image (uint8 png (h, w, 3)), label (uint8 png (h, w, 1); 0 background, 1..40, 255
+band), image_id ('train_000042'), classes (int32 ids present, ascending), class_areas (int32
+pixel counts aligned with classes; 255 not counted).
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from mmnet_jax.data import datasets
+from mmnet_jax.data import synthetic
+
+
+def config_name(gen):
+  """Builder config name that encodes every generator knob (a directory name)."""
+  return (f's{gen.seed}_n{gen.num_train}-{gen.num_val}_sz{gen.min_size}-{gen.max_size}'
+          f'_b{gen.border_band}_c{gen.max_clutter}')
+
+
+@dataclasses.dataclass(eq=False)
+class SyntheticFssConfig(tfds.core.BuilderConfig):
+  """A BuilderConfig carrying the generator knobs."""
+  generator: synthetic.SyntheticConfig = synthetic.SyntheticConfig()
+
+
+def builder_config(gen):
+  """The `SyntheticFssConfig` for generator knobs `gen` (a `synthetic.SyntheticConfig`)."""
+  return SyntheticFssConfig(name=config_name(gen), generator=gen,
+                            description=f'synthetic few-shot benchmark, {gen}')
+
+
+def image_id(split, index):
+  """Stable id of image `index` of `split`; zero padded so sorting ids restores index order."""
+  return f'{split}_{index:06d}'
+
+
+class SyntheticFss(tfds.core.GeneratorBasedBuilder):
+  """Procedural few-shot segmentation benchmark (40 classes, 4 folds of 10)."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  BUILDER_CONFIGS = [builder_config(synthetic.SyntheticConfig())]
+
+  def _info(self):
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(None, None, 3), encoding_format='png'),
+            'label': tfds.features.Image(shape=(None, None, 1), encoding_format='png'),
+            'image_id': tfds.features.Text(),
+            'classes': tfds.features.Sequence(np.int32),
+            'class_areas': tfds.features.Sequence(np.int32),
+        }),
+        supervised_keys=None,
+        homepage='https://github.com/wu-zhonghua/MM-Net',
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # nothing to download: everything is generated
+    return {split: self._generate_examples(split) for split in synthetic.SPLITS}
+
+  def _generate_examples(self, split):
+    gen = self.builder_config.generator
+    for index in range(gen.num_examples(split)):
+      image, label = synthetic.render_example(gen, split, index)
+      areas = synthetic.class_areas(label)
+      key = image_id(split, index)
+      yield key, {
+          'image': image,
+          'label': label[..., None],
+          'image_id': key,
+          'classes': np.asarray(sorted(areas), np.int32),
+          'class_areas': np.asarray([areas[c] for c in sorted(areas)], np.int32),
+      }
+
+
+def make_builder(gen, data_dir):
+  """The array_record builder for generator knobs `gen` under `data_dir` (not built yet)."""
+  name = config_name(gen)
+  # TFDS refuses a custom config named like a registered one; pass the registered one by name.
+  config = name if name in SyntheticFss.builder_configs else builder_config(gen)
+  return SyntheticFss(config=config, data_dir=data_dir, file_format='array_record')
+
+
+def build(gen, data_dir):
+  """Builds the dataset (no-op if present); offline and deterministic. Returns the builder."""
+  builder = make_builder(gen, data_dir)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  return builder
+
+
+class _Loader:
+  """index (in image_id order) -> (uint8 (h, w, 3) image, uint8 (h, w) label); picklable."""
+
+  def __init__(self, source, order):
+    self._source = source
+    self._order = order
+
+  def __call__(self, index):
+    if not 0 <= index < len(self._order):
+      raise IndexError(f'image index {index} out of range [0, {len(self._order)})')
+    example = self._source[self._order[index]]
+    return np.asarray(example['image'], np.uint8), np.asarray(example['label'], np.uint8)[..., 0]
+
+
+def open_split(gen, split, data_dir):
+  """Builds the dataset on first use and returns `split` as a `datasets.FewShotSplit`.
+
+  Rows are ordered by image_id (an array_record source's index order is not its write order),
+  so row i is `synthetic.render_example(gen, split, i)`.
+  """
+  builder = build(gen, data_dir)
+  # Metadata pass: skip the png decoding, only the small fields are needed.
+  meta = builder.as_data_source(split=split, decoders={
+      'image': tfds.decode.SkipDecoding(), 'label': tfds.decode.SkipDecoding()})
+  rows = []
+  for i in range(len(meta)):
+    ex = meta[i]
+    ident = ex['image_id']
+    ident = ident.decode() if isinstance(ident, bytes) else str(ident)
+    areas = {int(c): int(a) for c, a in zip(ex['classes'], ex['class_areas'])}
+    rows.append((ident, i, areas))
+  rows.sort(key=lambda r: r[0])
+  return datasets.FewShotSplit(
+      name='synthetic', split=split, num_classes=synthetic.NUM_CLASSES,
+      image_ids=tuple(r[0] for r in rows),
+      class_areas=tuple(r[2] for r in rows),
+      load=_Loader(builder.as_data_source(split=split), tuple(r[1] for r in rows)))
