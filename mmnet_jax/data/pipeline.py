@@ -1,0 +1,224 @@
+"""tf.data episodic pipelines: host batches of numpy arrays (keys in docs/architecture.md).
+
+Each batch is built by one pure function of (config seed, step or batch number, process), run
+through `tf.numpy_function` in parallel with deterministic order, so a run resumed at step k
+gets exactly the stream an uninterrupted run would have had from k on.
+
+Per training episode (global step t, global row r): the episode comes from
+`episodes.train_episode` (rng [seed, t, r]); the query's augmentation uses
+default_rng([seed, t, r, 1]) and support k's default_rng([seed, t, r, 2 + k]).
+
+Multi-process: process p builds global rows [p * host_batch, (p + 1) * host_batch) of every
+global batch, so the union over processes is the single-process global batch.
+
+Config fields read:
+  seed                       base seed of the training stream.
+  shots                      supports per episode (K).
+  train.batch_size           global training batch (= host_batch_size * process_count).
+  train.crop_size            training crop side.
+  train.scale_min, train.scale_max   RandScale range.
+  train.rotate_deg           RandRotate range +-deg.
+  train.num_steps            > 0: the stream ends there; 0: endless (the caller stops it).
+  eval.size                  eval canvas side (PFENet test_Resize).
+  eval.batch_size            global eval batch (the last one is padded with valid=False).
+  eval.max_label_size        S_max of `eval_label`; an original label larger than this raises.
+  eval.pad_fill              optional, 'black' (default, PFENet) or 'mean': eval canvas colour.
+The pools (dataset.min_class_pixels, dataset.filter_intersection) and the eval episode list
+(eval.num_episodes, eval.seed) are built by the caller with `episodes`, see `train_pool`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from mmnet_jax.data import augment
+from mmnet_jax.data import episodes as episodes_lib
+
+_UNBOUNDED_STEPS = 2**62
+
+
+def _tf():
+  """TensorFlow with accelerators hidden (JAX owns them)."""
+  import tensorflow as tf
+  for kind in ('GPU', 'TPU'):
+    try:
+      tf.config.set_visible_devices([], kind)
+    except (RuntimeError, ValueError):
+      pass  # already initialised, or no such device type: nothing to hide
+  return tf
+
+
+def train_pool(split, classes: Sequence[int], config) -> episodes_lib.Pool:
+  """The training pool of `split` for `classes` under config.dataset's rules."""
+  return episodes_lib.build_pool(split, classes,
+                                 min_class_pixels=config.dataset.min_class_pixels,
+                                 filter_intersection=config.dataset.filter_intersection)
+
+
+def _row_range(global_batch: int, host_batch_size: int | None, process_index: int,
+               process_count: int, field: str) -> range:
+  if host_batch_size is None:
+    host_batch_size = global_batch // max(process_count, 1)
+  if host_batch_size * process_count != global_batch:
+    raise ValueError(f'{field}={global_batch} must equal host_batch_size ({host_batch_size}) '
+                     f'x process_count ({process_count})')
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} outside [0, {process_count})')
+  return range(process_index * host_batch_size, (process_index + 1) * host_batch_size)
+
+
+def _load_binarised(split, index: int, class_id: int):
+  image, label = split.load(index)
+  return image, episodes_lib.binarise(label, class_id)
+
+
+def train_batch(pool: episodes_lib.Pool, config, step: int, rows: Sequence[int]) -> dict:
+  """The training batch rows `rows` of global step `step` (pure; numpy arrays)."""
+  seed, shots = int(config.seed), int(config.shots)
+  t = config.train
+  kwargs = dict(crop_size=int(t.crop_size), scale_min=float(t.scale_min),
+                scale_max=float(t.scale_max), rotate_deg=float(t.rotate_deg))
+  b, k, size = len(rows), shots, int(t.crop_size)
+  out = {
+      'query_img': np.empty((b, size, size, 3), np.float32),
+      'query_label': np.empty((b, size, size), np.int32),
+      'support_imgs': np.empty((b, k, size, size, 3), np.float32),
+      'support_labels': np.empty((b, k, size, size), np.int32),
+      'class_id': np.empty((b,), np.int32),
+      'query_index': np.empty((b,), np.int32),
+      'support_index': np.empty((b, k), np.int32),
+  }
+  for i, row in enumerate(rows):
+    ep = episodes_lib.train_episode(pool, seed, step, row, int(t.batch_size), shots)
+    image, label = _load_binarised(pool.split, ep.query_index, ep.class_id)
+    rng = np.random.default_rng([seed, step, row, 1])
+    out['query_img'][i], out['query_label'][i] = augment.train_transform(image, label, rng,
+                                                                         **kwargs)
+    for j, s in enumerate(ep.support_indices):
+      image, label = _load_binarised(pool.split, s, ep.class_id)
+      rng = np.random.default_rng([seed, step, row, 2 + j])
+      out['support_imgs'][i, j], out['support_labels'][i, j] = augment.train_transform(
+          image, label, rng, **kwargs)
+    out['class_id'][i] = ep.class_id
+    out['query_index'][i] = ep.query_index
+    out['support_index'][i] = ep.support_indices
+  return out
+
+
+def eval_batch(split, episode_list: Sequence[episodes_lib.Episode], config,
+               positions: Sequence[int]) -> dict:
+  """The eval batch of episode-list positions `positions` (pure; numpy arrays).
+
+  Positions past the end of the list repeat the last episode with valid=False.
+  """
+  if not episode_list:
+    raise ValueError('eval_batch: the episode list is empty')
+  size, s_max = int(config.eval.size), int(config.eval.max_label_size)
+  fill = getattr(config.eval, 'pad_fill', None) or 'black'
+  b, k = len(positions), len(episode_list[0].support_indices)
+  out = {
+      'query_img': np.empty((b, size, size, 3), np.float32),
+      'query_label': np.empty((b, size, size), np.int32),
+      'support_imgs': np.empty((b, k, size, size, 3), np.float32),
+      'support_labels': np.empty((b, k, size, size), np.int32),
+      'class_id': np.empty((b,), np.int32),
+      'query_index': np.empty((b,), np.int32),
+      'support_index': np.empty((b, k), np.int32),
+      'eval_label': np.full((b, s_max, s_max), augment.IGNORE_LABEL, np.uint8),
+      'eval_label_size': np.empty((b,), np.int32),
+      'valid': np.empty((b,), bool),
+  }
+  for i, pos in enumerate(positions):
+    valid = pos < len(episode_list)
+    ep = episode_list[pos if valid else -1]
+    if len(ep.support_indices) != k:
+      raise ValueError(f'episode {pos} has {len(ep.support_indices)} supports, episode 0 has {k}')
+    image, label = _load_binarised(split, ep.query_index, ep.class_id)
+    img, lbl, original = augment.eval_resize(image, label, size, fill)
+    side = original.shape[0]
+    if side > s_max:
+      raise ValueError(f'query {split.image_ids[ep.query_index]!r} of {split.name}/{split.split} '
+                       f'has a {label.shape[0]}x{label.shape[1]} label; '
+                       f'eval.max_label_size={s_max} must be >= {side}')
+    out['query_img'][i], out['query_label'][i] = img, lbl
+    out['eval_label'][i, :side, :side] = original
+    out['eval_label_size'][i] = side
+    for j, s in enumerate(ep.support_indices):
+      image, label = _load_binarised(split, s, ep.class_id)
+      out['support_imgs'][i, j], out['support_labels'][i, j], _ = augment.eval_resize(
+          image, label, size, fill)
+    out['class_id'][i] = ep.class_id
+    out['query_index'][i] = ep.query_index
+    out['support_index'][i] = ep.support_indices
+    out['valid'][i] = valid
+  return out
+
+
+def _as_numpy_stream(tf, indices, make_batch, example: dict) -> Iterator[dict]:
+  """Maps tf.data over `indices` through `make_batch` (numpy) -> iterator of numpy dicts."""
+  keys = sorted(example)
+  dtypes = [tf.as_dtype(example[key].dtype) for key in keys]
+
+  def build(i):
+    batch = make_batch(int(i))
+    return tuple(batch[key] for key in keys)
+
+  def to_dict(i):
+    values = tf.numpy_function(build, [i], dtypes, stateful=False)
+    for value, key in zip(values, keys):
+      value.set_shape(example[key].shape)
+    return dict(zip(keys, values))
+
+  ds = indices.map(to_dict, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def train_dataset(pool: episodes_lib.Pool, config, start_step: int = 0,
+                  host_batch_size: int | None = None, process_index: int = 0,
+                  process_count: int = 1, num_steps: int | None = None) -> Iterator[dict]:
+  """Host training batches for steps start_step, start_step + 1, ... (numpy dicts).
+
+  Args:
+    pool: the training pool (`train_pool`).
+    config: see the module docstring.
+    start_step: first global step (resume point).
+    host_batch_size: rows this process builds; config.train.batch_size / process_count.
+    process_index, process_count: this process and the number of processes.
+    num_steps: end of the stream (exclusive); default config.train.num_steps, 0 = endless.
+  """
+  rows = _row_range(int(config.train.batch_size), host_batch_size, process_index,
+                    process_count, 'train.batch_size')
+  episodes_lib.check_pool(pool, int(config.shots))
+  if num_steps is None:
+    num_steps = int(getattr(config.train, 'num_steps', 0) or 0) or _UNBOUNDED_STEPS
+  example = train_batch(pool, config, start_step, rows[:1])
+  example = {k: np.empty((len(rows),) + v.shape[1:], v.dtype) for k, v in example.items()}
+  tf = _tf()
+  steps = tf.data.Dataset.range(int(start_step), int(num_steps))
+  return _as_numpy_stream(tf, steps, lambda step: train_batch(pool, config, step, rows), example)
+
+
+def eval_dataset(split, episode_list: Sequence[episodes_lib.Episode], config,
+                 host_batch_size: int | None = None, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict]:
+  """Host eval batches over `episode_list` in order, with the eval keys.
+
+  Global batch n holds episodes [n * G, (n + 1) * G), G = config.eval.batch_size; this process
+  builds rows [p * host_batch, (p + 1) * host_batch) of it. The last batch is completed with
+  copies of the last episode marked valid=False.
+  """
+  global_batch = int(config.eval.batch_size)
+  rows = _row_range(global_batch, host_batch_size, process_index, process_count,
+                    'eval.batch_size')
+  num_batches = math.ceil(len(episode_list) / global_batch)
+
+  def make(n):
+    return eval_batch(split, episode_list, config, [n * global_batch + r for r in rows])
+
+  example = {k: np.empty((len(rows),) + v.shape[1:], v.dtype)
+             for k, v in eval_batch(split, episode_list[:1], config, [0]).items()}
+  tf = _tf()
+  return _as_numpy_stream(tf, tf.data.Dataset.range(num_batches), make, example)
