@@ -24,12 +24,14 @@ def interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
   if in_size < 1 or out_size < 1:
     raise ValueError(f'resize sizes must be >= 1, got in_size={in_size}, out_size={out_size}')
   if out_size == 1 or in_size == 1:
-    src = np.zeros(out_size)
+    src = np.zeros(out_size, np.float32)
   else:
-    src = np.arange(out_size) * ((in_size - 1) / (out_size - 1))
+    # float32 like torch's kernels (scale and coordinate in float), so weights match bit-close.
+    scale = np.float32(in_size - 1) / np.float32(out_size - 1)
+    src = (scale * np.arange(out_size, dtype=np.float32)).astype(np.float32)
   lo = np.clip(np.floor(src).astype(np.int64), 0, in_size - 1)
   hi = np.minimum(lo + 1, in_size - 1)
-  frac = src - lo
+  frac = (src - lo.astype(np.float32)).astype(np.float64)
   mat = np.zeros((out_size, in_size))
   rows = np.arange(out_size)
   np.add.at(mat, (rows, lo), 1.0 - frac)
