@@ -38,7 +38,7 @@ _CKPT_SUBDIR = 'checkpoint'
 _INFO_FILE = 'convert_info.json'
 
 _BN_PARAMS = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
-        'running_mean': ('batch_stats', 'mean'), 'running_var': ('batch_stats', 'var')}
+              'running_mean': ('batch_stats', 'mean'), 'running_var': ('batch_stats', 'var')}
 
 _DEEP_STEM = ('conv1', 'bn1', 'conv2', 'bn2', 'conv3', 'bn3')
 # MM-Net wraps the deep stem in nn.Sequential: indices 2, 5, 8 are ReLUs, 9 the max-pool.
@@ -65,7 +65,7 @@ def _backbone_module(name: str, stem: str) -> _Module | None:
     allowed = _DEEP_STEM if stem == 'deep' else ('conv1', 'bn1')
     if name in allowed:
       return _Module(('backbone', 'stem', name), 'bn' if name.startswith('bn') else 'conv',
-               False)
+                     False)
   m = re.fullmatch(r'layer([1-4])\.(\d+)\.(conv[123]|bn[123]|downsample\.[01])', name)
   if m:
     layer, block, sub = m.groups()
@@ -80,13 +80,13 @@ def _head_module(name: str) -> _Module | None:
   if name == 'part_emb_2_level':
     return _Module(('memory', 'slots'), 'memory', False)
   fixed = {
-    'down_query_level_2.0': (('down_query', 'conv'), False),
-    'down_supp_level_2.0': (('down_supp', 'conv'), False),
-    'res1.0': (('decoder', 'res1', 'conv'), False),
-    'res2.0': (('decoder', 'res2', 'conv1'), False),
-    'res2.2': (('decoder', 'res2', 'conv2'), False),
-    'cls.0': (('decoder', 'cls', 'conv'), False),
-    'cls.3': (('decoder', 'cls', 'cls'), True),
+      'down_query_level_2.0': (('down_query', 'conv'), False),
+      'down_supp_level_2.0': (('down_supp', 'conv'), False),
+      'res1.0': (('decoder', 'res1', 'conv'), False),
+      'res2.0': (('decoder', 'res2', 'conv1'), False),
+      'res2.2': (('decoder', 'res2', 'conv2'), False),
+      'cls.0': (('decoder', 'cls', 'conv'), False),
+      'cls.3': (('decoder', 'cls', 'cls'), True),
   }
   if name in fixed:
     path, bias = fixed[name]
@@ -95,9 +95,9 @@ def _head_module(name: str) -> _Module | None:
   if m:
     group, b, idx = m.groups()
     sub = {('init_merge', '0'): ('conv', False), ('alpha_conv', '0'): ('conv', False),
-         ('beta_conv', '0'): ('conv1', False), ('beta_conv', '2'): ('conv2', False),
-         ('inner_cls', '0'): ('conv', False), ('inner_cls', '3'): ('cls', True)}.get(
-           (group, idx))
+           ('beta_conv', '0'): ('conv1', False), ('beta_conv', '2'): ('conv2', False),
+           ('inner_cls', '0'): ('conv', False), ('inner_cls', '3'): ('cls', True)}.get(
+             (group, idx))
     if sub:
       return _Module(('decoder', f'{group}_{b}', sub[0]), 'conv', sub[1])
   return None
@@ -142,23 +142,23 @@ def _required_modules(found: set[tuple[str, ...]], fmt: str) -> list[tuple[str, 
   required += [('backbone', 'stem', s) for s in stem]
   for layer in range(1, 5):
     blocks = {int(p[1].split('_')[1]) for p in found
-          if p[0] == 'backbone' and p[1].startswith(f'layer{layer}_')}
+              if p[0] == 'backbone' and p[1].startswith(f'layer{layer}_')}
     for b in range(max(blocks, default=0) + 1):
       names = _BLOCK_MODULES + (('downsample_conv', 'downsample_bn') if b == 0 else ())
       required += [('backbone', f'layer{layer}_{b}', s) for s in names]
   if fmt == 'mmnet-official':
     required += [('down_query', 'conv'), ('down_supp', 'conv'), ('memory', 'slots'),
-           ('decoder', 'res1', 'conv'), ('decoder', 'res2', 'conv1'),
-           ('decoder', 'res2', 'conv2'), ('decoder', 'cls', 'conv'),
-           ('decoder', 'cls', 'cls')]
+                 ('decoder', 'res1', 'conv'), ('decoder', 'res2', 'conv1'),
+                 ('decoder', 'res2', 'conv2'), ('decoder', 'cls', 'conv'),
+                 ('decoder', 'cls', 'cls')]
     bins = {int(p[1].rsplit('_', 1)[1]) for p in found
-        if p[0] == 'decoder' and p[1].startswith(('init_merge_', 'beta_conv_',
-                              'inner_cls_'))}
+            if p[0] == 'decoder' and p[1].startswith(('init_merge_', 'beta_conv_',
+                                                      'inner_cls_'))}
     n = max(bins, default=3) + 1  # the original has 4 scales
     for b in range(n):
       required += [('decoder', f'init_merge_{b}', 'conv'), ('decoder', f'beta_conv_{b}', 'conv1'),
-             ('decoder', f'beta_conv_{b}', 'conv2'), ('decoder', f'inner_cls_{b}', 'conv'),
-             ('decoder', f'inner_cls_{b}', 'cls')]
+                   ('decoder', f'beta_conv_{b}', 'conv2'), ('decoder', f'inner_cls_{b}', 'conv'),
+                   ('decoder', f'inner_cls_{b}', 'cls')]
       if b >= 1:
         required.append(('decoder', f'alpha_conv_{b - 1}', 'conv'))
   return required
@@ -178,9 +178,9 @@ def _torch_name(path: tuple[str, ...], fmt: str) -> str:
   if path == ('memory', 'slots'):
     return 'part_emb_2_level'
   inv = {('down_query', 'conv'): 'down_query_level_2.0', ('down_supp', 'conv'): 'down_supp_level_2.0',
-       ('decoder', 'res1', 'conv'): 'res1.0', ('decoder', 'res2', 'conv1'): 'res2.0',
-       ('decoder', 'res2', 'conv2'): 'res2.2', ('decoder', 'cls', 'conv'): 'cls.0',
-       ('decoder', 'cls', 'cls'): 'cls.3'}
+         ('decoder', 'res1', 'conv'): 'res1.0', ('decoder', 'res2', 'conv1'): 'res2.0',
+         ('decoder', 'res2', 'conv2'): 'res2.2', ('decoder', 'cls', 'conv'): 'cls.0',
+         ('decoder', 'cls', 'cls'): 'cls.3'}
   if path in inv:
     return inv[path]
   group, b = path[1].rsplit('_', 1)
@@ -207,7 +207,7 @@ def _convert_array(key: str, value: Any, module: _Module, param: str) -> np.ndar
 
 
 def convert_state_dict_with_info(state_dict: Mapping[str, Any], fmt: str
-                 ) -> tuple[dict[str, dict], dict[str, Any]]:
+                                 ) -> tuple[dict[str, dict], dict[str, Any]]:
   """Like `convert_state_dict`, also returning {'mapped', 'skipped', 'num_values'}."""
   if fmt not in FORMATS:
     raise ConversionError(f'unknown format {fmt!r}; expected one of {FORMATS}')
@@ -215,7 +215,7 @@ def convert_state_dict_with_info(state_dict: Mapping[str, Any], fmt: str
     raise ConversionError(f'expected a state dict (mapping), got {type(state_dict).__name__}')
   sd, prefix = _strip_prefix(state_dict)
   stem = {'mmnet-official': 'official', 'pfenet-resnet': 'deep',
-      'torchvision-resnet': 'torchvision'}[fmt]
+          'torchvision-resnet': 'torchvision'}[fmt]
   tree: dict[str, dict] = {'params': {}, 'batch_stats': {}}
   skipped, unknown, seen = [], [], {}
   for key, value in sd.items():
@@ -249,8 +249,8 @@ def convert_state_dict_with_info(state_dict: Mapping[str, Any], fmt: str
   for path in _required_modules(set(seen), fmt):
     have = seen.get(path, (None, set()))[1]
     module = seen[path][0] if path in seen else _Module(
-      path, 'memory' if path == ('memory', 'slots') else ('bn' if 'bn' in path[-1] else 'conv'),
-      path[-1] == 'cls')
+        path, 'memory' if path == ('memory', 'slots') else ('bn' if 'bn' in path[-1] else 'conv'),
+        path[-1] == 'cls')
     for param in _expected_params(module):
       if param not in have:
         name = _torch_name(path, fmt)
@@ -322,7 +322,7 @@ def merge_into(variables: Mapping, converted: Mapping) -> dict:
   for collection, subtree in converted.items():
     if collection not in out:
       errors.append(f'collection {collection!r} is not in the model '
-              f'(model has {sorted(out)})')
+                    f'(model has {sorted(out)})')
       continue
     model_leaves = out[collection]
     conv_leaves = _flatten(subtree)
@@ -330,7 +330,7 @@ def merge_into(variables: Mapping, converted: Mapping) -> dict:
     for path in sorted(p for p in model_leaves if p[0] in tops):
       if path not in conv_leaves:
         errors.append(f'{collection}/{"/".join(path)} is in the model but not in the '
-                'converted checkpoint')
+                      'converted checkpoint')
     for path, value in sorted(conv_leaves.items()):
       name = f'{collection}/{"/".join(path)}'
       if path not in model_leaves:
@@ -339,12 +339,12 @@ def merge_into(variables: Mapping, converted: Mapping) -> dict:
       target = model_leaves[path]
       if tuple(target.shape) != tuple(np.shape(value)):
         errors.append(f'{name}: model shape {tuple(target.shape)} != converted shape '
-                f'{tuple(np.shape(value))}')
+                      f'{tuple(np.shape(value))}')
         continue
       model_leaves[path] = np.asarray(value).astype(target.dtype)
   if errors:
     raise ConversionError('converted checkpoint does not fit the model:\n  ' +
-                '\n  '.join(errors))
+                          '\n  '.join(errors))
   return {c: _unflatten(leaves) for c, leaves in out.items()}
 
 
@@ -369,7 +369,7 @@ def save_converted(tree: Mapping, out_dir: str, info: Mapping[str, Any] | None =
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
     raise FileExistsError(f'output {out_dir} already exists and is not empty; choose a new '
-                'directory')
+                          'directory')
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(out_dir)}.tmp-', dir=parent)
@@ -427,8 +427,8 @@ def abstract_variables(config) -> dict:
   s = jnp.zeros((1, shots, size, size, 3), jnp.float32)
   m = jnp.zeros((1, shots, size, size), jnp.float32)
   variables = jax.eval_shape(
-    lambda: model.init({'params': jax.random.key(0), 'dropout': jax.random.key(1)},
-               q, s, m, train=False))
+      lambda: model.init({'params': jax.random.key(0), 'dropout': jax.random.key(1)},
+                         q, s, m, train=False))
   return {c: _plain(v) for c, v in variables.items() if c in ('params', 'batch_stats')}
 
 
@@ -439,7 +439,7 @@ def _plain(tree):
 
 
 def convert_file(input_path: str, fmt: str, output_dir: str, config_spec: str | None = None
-         ) -> dict[str, Any]:
+                 ) -> dict[str, Any]:
   """Reads a `.pth`, converts it, optionally validates against a config, saves; returns info."""
   checkpoint = torch_pickle.load(input_path)
   state_dict = extract_state_dict(checkpoint, fmt, input_path)
@@ -447,10 +447,10 @@ def convert_file(input_path: str, fmt: str, output_dir: str, config_spec: str | 
   if config_spec:
     merge_into(abstract_variables(load_config(config_spec)), tree)
   info = {'format': fmt, 'source': os.path.abspath(input_path), 'config': config_spec,
-      'num_input_keys': len(state_dict), 'num_arrays': info['mapped'],
-      'num_values': info['num_values'], 'skipped_keys': info['skipped'],
-      'collections': sorted(tree),
-      'modules': sorted({m for sub in tree.values() for m in sub})}
+          'num_input_keys': len(state_dict), 'num_arrays': info['mapped'],
+          'num_values': info['num_values'], 'skipped_keys': info['skipped'],
+          'collections': sorted(tree),
+          'modules': sorted({m for sub in tree.values() for m in sub})}
   if isinstance(checkpoint, Mapping) and 'epoch' in checkpoint:
     info['epoch'] = checkpoint['epoch']
   save_converted(tree, output_dir, info)
@@ -463,16 +463,16 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--input', required=True, help='the .pth file')
   parser.add_argument('--output', required=True, help='new (or empty) output directory')
   parser.add_argument('--config', default=None,
-            help='config file[:arg]; validates shapes against its model')
+                      help='config file[:arg]; validates shapes against its model')
   args = parser.parse_args(argv)
   try:
     info = convert_file(args.input, args.format, args.output, args.config)
   except (ConversionError, torch_pickle.CheckpointFormatError,
-      torch_pickle.UnsafeCheckpointError, FileExistsError, FileNotFoundError) as e:
+          torch_pickle.UnsafeCheckpointError, FileExistsError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   print(f'wrote {args.output}: {info["num_arrays"]} arrays, {info["num_values"]:,} values, '
-      f'{len(info["skipped_keys"])} skipped keys')
+        f'{len(info["skipped_keys"])} skipped keys')
   return 0
 
 

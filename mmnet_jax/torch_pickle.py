@@ -34,43 +34,43 @@ _LEGACY_PROTOCOL = 1001
 
 # torch storage class name -> numpy dtype of one element.
 _STORAGE_DTYPES = {
-  'FloatStorage': np.dtype(np.float32),
-  'DoubleStorage': np.dtype(np.float64),
-  'HalfStorage': np.dtype(np.float16),
-  'BFloat16Storage': np.dtype(ml_dtypes.bfloat16),
-  'LongStorage': np.dtype(np.int64),
-  'IntStorage': np.dtype(np.int32),
-  'ShortStorage': np.dtype(np.int16),
-  'CharStorage': np.dtype(np.int8),
-  'ByteStorage': np.dtype(np.uint8),
-  'BoolStorage': np.dtype(np.bool_),
-  'ComplexFloatStorage': np.dtype(np.complex64),
-  'ComplexDoubleStorage': np.dtype(np.complex128),
+    'FloatStorage': np.dtype(np.float32),
+    'DoubleStorage': np.dtype(np.float64),
+    'HalfStorage': np.dtype(np.float16),
+    'BFloat16Storage': np.dtype(ml_dtypes.bfloat16),
+    'LongStorage': np.dtype(np.int64),
+    'IntStorage': np.dtype(np.int32),
+    'ShortStorage': np.dtype(np.int16),
+    'CharStorage': np.dtype(np.int8),
+    'ByteStorage': np.dtype(np.uint8),
+    'BoolStorage': np.dtype(np.bool_),
+    'ComplexFloatStorage': np.dtype(np.complex64),
+    'ComplexDoubleStorage': np.dtype(np.complex128),
 }
 
 # torch dtype name (as pickled: GLOBAL torch.<name>) -> numpy dtype; used by _rebuild_tensor_v3.
 _TORCH_DTYPES = {
-  'float32': np.dtype(np.float32),
-  'float64': np.dtype(np.float64),
-  'float16': np.dtype(np.float16),
-  'bfloat16': np.dtype(ml_dtypes.bfloat16),
-  'int64': np.dtype(np.int64),
-  'int32': np.dtype(np.int32),
-  'int16': np.dtype(np.int16),
-  'int8': np.dtype(np.int8),
-  'uint8': np.dtype(np.uint8),
-  'uint16': np.dtype(np.uint16),
-  'uint32': np.dtype(np.uint32),
-  'uint64': np.dtype(np.uint64),
-  'bool': np.dtype(np.bool_),
-  'complex64': np.dtype(np.complex64),
-  'complex128': np.dtype(np.complex128),
+    'float32': np.dtype(np.float32),
+    'float64': np.dtype(np.float64),
+    'float16': np.dtype(np.float16),
+    'bfloat16': np.dtype(ml_dtypes.bfloat16),
+    'int64': np.dtype(np.int64),
+    'int32': np.dtype(np.int32),
+    'int16': np.dtype(np.int16),
+    'int8': np.dtype(np.int8),
+    'uint8': np.dtype(np.uint8),
+    'uint16': np.dtype(np.uint16),
+    'uint32': np.dtype(np.uint32),
+    'uint64': np.dtype(np.uint64),
+    'bool': np.dtype(np.bool_),
+    'complex64': np.dtype(np.complex64),
+    'complex128': np.dtype(np.complex128),
 }
 
 # Builtins that the pickle protocol uses to rebuild plain containers and numbers.
 _SAFE_BUILTINS = frozenset(
-  ['dict', 'list', 'tuple', 'set', 'frozenset', 'int', 'float', 'complex', 'bool',
-   'bytes', 'bytearray', 'str', 'slice'])
+    ['dict', 'list', 'tuple', 'set', 'frozenset', 'int', 'float', 'complex', 'bool',
+     'bytes', 'bytearray', 'str', 'slice'])
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -132,13 +132,13 @@ def _rebuild_tensor(storage, storage_offset, size, stride):
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-             backward_hooks=None, metadata=None):
+                       backward_hooks=None, metadata=None):
   del requires_grad, backward_hooks, metadata
   return _TensorRef(storage, storage_offset, size, stride)
 
 
 def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks,
-             dtype, metadata=None):
+                       dtype, metadata=None):
   del requires_grad, backward_hooks, metadata
   if not isinstance(dtype, _TorchDtype):
     raise CheckpointFormatError(f'_rebuild_tensor_v3 expects a torch dtype, got {dtype!r}')
@@ -160,11 +160,11 @@ def _torch_size(sizes=()):
 
 
 _TORCH_UTILS = {
-  '_rebuild_tensor': _rebuild_tensor,
-  '_rebuild_tensor_v2': _rebuild_tensor_v2,
-  '_rebuild_tensor_v3': _rebuild_tensor_v3,
-  '_rebuild_parameter': _rebuild_parameter,
-  '_rebuild_parameter_with_state': _rebuild_parameter_with_state,
+    '_rebuild_tensor': _rebuild_tensor,
+    '_rebuild_tensor_v2': _rebuild_tensor_v2,
+    '_rebuild_tensor_v3': _rebuild_tensor_v3,
+    '_rebuild_parameter': _rebuild_parameter,
+    '_rebuild_parameter_with_state': _rebuild_parameter_with_state,
 }
 
 
@@ -181,8 +181,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
     resolved = _resolve_global(module, name)
     if resolved is None:
       raise UnsafeCheckpointError(
-        f'{self._source}: refusing to load global {module}.{name!s}: only tensors, '
-        'containers and numbers are allowed in a checkpoint')
+          f'{self._source}: refusing to load global {module}.{name!s}: only tensors, '
+          'containers and numbers are allowed in a checkpoint')
     return resolved
 
   def persistent_load(self, pid):
@@ -191,8 +191,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
     typename = pid[0].decode('ascii') if isinstance(pid[0], bytes) else pid[0]
     if typename != 'storage':
       raise UnsafeCheckpointError(
-        f'{self._source}: refusing persistent id of type {typename!r} (only storages '
-        'are allowed; whole pickled modules are not supported)')
+          f'{self._source}: refusing persistent id of type {typename!r} (only storages '
+          'are allowed; whole pickled modules are not supported)')
     if self._legacy:
       if len(pid) != 6:
         raise CheckpointFormatError(f'{self._source}: bad legacy storage id {pid!r}')
@@ -204,7 +204,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
       view = None
     if not isinstance(storage_type, _StorageType):
       raise CheckpointFormatError(
-        f'{self._source}: storage {key!r} has no storage type ({storage_type!r})')
+          f'{self._source}: storage {key!r} has no storage type ({storage_type!r})')
     key = str(key)
     storage = self._storages.get(key)
     if storage is None:
@@ -270,7 +270,7 @@ def _load_zip(raw: bytes, source: str) -> Any:
     pickles = [n for n in names if n.endswith('data.pkl') and n.count('/') == 1]
     if len(pickles) != 1:
       raise CheckpointFormatError(
-        f'{source}: expected one <archive>/data.pkl in the zip, found {pickles}')
+          f'{source}: expected one <archive>/data.pkl in the zip, found {pickles}')
     prefix = pickles[0][:-len('data.pkl')]
     byteorder = 'little'
     if prefix + 'byteorder' in names:
@@ -279,7 +279,7 @@ def _load_zip(raw: bytes, source: str) -> Any:
       raise CheckpointFormatError(f'{source}: unknown byteorder {byteorder!r}')
     storages: dict[str, _Storage] = {}
     obj = _RestrictedUnpickler(io.BytesIO(zf.read(pickles[0])), source, storages,
-                   legacy=False).load()
+                               legacy=False).load()
     for key, storage in storages.items():
       member = f'{prefix}data/{key}'
       if member not in names:
@@ -299,13 +299,13 @@ def _load_legacy(raw: bytes, source: str) -> Any:
       if isinstance(e, UnsafeCheckpointError):
         raise
       raise CheckpointFormatError(
-        f'{source}: not a torch checkpoint (reading {what} failed: {e})') from e
+          f'{source}: not a torch checkpoint (reading {what} failed: {e})') from e
 
   magic = plain_load('the magic number')
   if magic != _LEGACY_MAGIC:
     raise CheckpointFormatError(
-      f'{source}: not a torch checkpoint (bad magic number {magic!r}); the pre-0.4 tar '
-      'format is not supported')
+        f'{source}: not a torch checkpoint (bad magic number {magic!r}); the pre-0.4 tar '
+        'format is not supported')
   protocol = plain_load('the protocol version')
   if protocol != _LEGACY_PROTOCOL:
     raise CheckpointFormatError(f'{source}: unsupported legacy protocol {protocol!r}')
@@ -328,8 +328,8 @@ def _load_legacy(raw: bytes, source: str) -> Any:
     payload = f.read(nbytes)
     if numel != storage.numel or len(payload) != nbytes:
       raise CheckpointFormatError(
-        f'{source}: storage {key!r} holds {len(payload)} bytes, expected '
-        f'{storage.numel} elements of {storage.dtype}')
+          f'{source}: storage {key!r} holds {len(payload)} bytes, expected '
+          f'{storage.numel} elements of {storage.dtype}')
     storage.data = _frombuffer(payload, storage, byteorder, source)
   return _materialise(obj, source)
 
@@ -338,8 +338,8 @@ def _frombuffer(payload: bytes, storage: _Storage, byteorder: str, source: str) 
   dtype = storage.dtype.newbyteorder('<' if byteorder == 'little' else '>')
   if len(payload) != storage.numel * dtype.itemsize:
     raise CheckpointFormatError(
-      f'{source}: storage {storage.key!r} holds {len(payload)} bytes, expected '
-      f'{storage.numel} x {dtype.itemsize}')
+        f'{source}: storage {storage.key!r} holds {len(payload)} bytes, expected '
+        f'{storage.numel} x {dtype.itemsize}')
   # Native byte order so that downstream code never sees a swapped dtype.
   return np.frombuffer(payload, dtype=dtype).astype(storage.dtype, copy=False)
 
@@ -367,12 +367,12 @@ def _tensor_to_numpy(ref: _TensorRef, source: str) -> np.ndarray:
   last = start + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
   if last >= flat.size:
     raise CheckpointFormatError(
-      f'{source}: tensor of size {ref.size} stride {ref.stride} offset {ref.offset} '
-      f'reads past the end of storage {storage.key!r} ({flat.size} elements)')
+        f'{source}: tensor of size {ref.size} stride {ref.stride} offset {ref.offset} '
+        f'reads past the end of storage {storage.key!r} ({flat.size} elements)')
   item = flat.itemsize
   view = np.lib.stride_tricks.as_strided(
-    flat[start:], shape=ref.size, strides=tuple(s * item for s in ref.stride),
-    writeable=False)
+      flat[start:], shape=ref.size, strides=tuple(s * item for s in ref.stride),
+      writeable=False)
   return np.array(view, order='C', copy=True)
 
 
