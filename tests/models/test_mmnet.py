@@ -26,6 +26,12 @@ def _init(model, q, s, m):
   return jax.jit(lambda q, s, m: model.init({'params': jax.random.key(0)}, q, s, m))(q, s, m)
 
 
+@pytest.fixture(scope='module')
+def tiny_variables():
+  """One initialisation shared by the tiny tests (parameter shapes do not depend on H, W, K)."""
+  return _init(MMNet(**TINY), *_inputs(1, 1, 33, 33))
+
+
 @pytest.mark.parametrize('b,k,h,w', [(2, 1, 33, 33), (1, 3, 41, 57), (2, 2, 49, 33)])
 def test_output_shapes(b, k, h, w):
   model = MMNet(**TINY)
@@ -96,10 +102,10 @@ def test_resnet50_parameter_counts_match_the_original():
   assert rows['decoder/cls'] == (1, 590_338)
 
 
-def test_batchnorm_running_stats_follow_query_then_each_shot():
+def test_batchnorm_running_stats_follow_query_then_each_shot(tiny_variables):
   model = MMNet(**TINY)
   q, s, m = _inputs(2, 3, 33, 41)
-  variables = _init(model, q, s, m)
+  variables = tiny_variables
   _, state = jax.jit(lambda v: model.apply(v, q, s, m, train=True,
                                            rngs={'dropout': jax.random.key(1)},
                                            mutable=['batch_stats']))(variables)
@@ -117,23 +123,25 @@ def test_batchnorm_running_stats_follow_query_then_each_shot():
   np.testing.assert_allclose(got, expected, atol=1e-5)
   # Frozen mode and eval never touch the running statistics.
   frozen = MMNet(**TINY, bn_mode='frozen')
-  _, state_f = frozen.apply(variables, q, s, m, train=True, rngs={'dropout': jax.random.key(1)},
-                            mutable=['batch_stats'])
-  np.testing.assert_array_equal(state_f['batch_stats']['backbone']['stem']['bn1']['mean'], 0.0)
+  q1, s1, m1 = _inputs(1, 1, 33, 33)
+  _, state_f = jax.jit(lambda v: frozen.apply(
+      v, q1, s1, m1, train=True, rngs={'dropout': jax.random.key(1)}, mutable=['batch_stats']))(
+          variables)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, state_f['batch_stats'],
+                         variables['batch_stats'])
 
 
-def test_kshot_mask_compat_changes_output_only_when_masks_differ():
+def test_kshot_mask_compat_changes_output_only_when_masks_differ(tiny_variables):
   q, s, m = _inputs(1, 2, 33, 33)
-  fixed = MMNet(**TINY)
-  compat = MMNet(**TINY, kshot_mask_compat=True)
-  variables = _init(fixed, q, s, m)
-  run = lambda model, masks: jax.jit(lambda v: model.apply(v, q, s, masks))(variables)['logits']
+  fixed = jax.jit(MMNet(**TINY).apply)
+  compat = jax.jit(MMNet(**TINY, kshot_mask_compat=True).apply)
+  run = lambda apply, masks: apply(tiny_variables, q, s, masks)['logits']
   assert float(jnp.max(jnp.abs(run(fixed, m) - run(compat, m)))) > 1e-6
   same = jnp.broadcast_to(m[:, :1], m.shape)
   np.testing.assert_array_equal(run(fixed, same), run(compat, same))
 
 
-def test_one_compilation_per_size_and_shot_count():
+def test_one_compilation_per_size_and_shot_count(tiny_variables):
   model = MMNet(**TINY)
   traces = []
 
@@ -143,7 +151,7 @@ def test_one_compilation_per_size_and_shot_count():
     return model.apply(v, q, s, m)['logits']
 
   q, s, m = _inputs(1, 1, 33, 33, seed=0)
-  variables = _init(model, q, s, m)
+  variables = tiny_variables
   first = forward(variables, q, s, m)
   q2, s2, m2 = _inputs(1, 1, 33, 33, seed=1)
   second = forward(variables, q2, s2, m2)
@@ -154,10 +162,10 @@ def test_one_compilation_per_size_and_shot_count():
 
 
 @pytest.mark.parametrize('freeze', [True, False])
-def test_freeze_backbone_stops_backbone_gradients(freeze):
+def test_freeze_backbone_stops_backbone_gradients(freeze, tiny_variables):
   model = MMNet(**TINY, freeze_backbone=freeze, bn_mode='frozen')
   q, s, m = _inputs(1, 1, 33, 33)
-  variables = _init(model, q, s, m)
+  variables = tiny_variables
 
   def loss(params):
     out = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, q, s, m)
