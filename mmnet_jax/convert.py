@@ -3,7 +3,8 @@
   python -m mmnet_jax.convert --format FORMAT --input FILE --output DIR [--config FILE[:ARG]]
 
 Formats:
-  mmnet-official      MM-Net train.py checkpoint {'state_dict': {'module.…'}, 'epoch', 'optimizer'}
+  mmnet-official      MM-Net train.py checkpoint
+                      {'state_dict': {'module.…'}, 'epoch', 'optimizer'}
             -> full model (params + backbone BN batch_stats).
   pfenet-resnet       PFENet/semseg resnet{50,101}_v2.pth (deep stem, fc ignored) -> backbone.
   torchvision-resnet  torchvision resnet{50,101} state dict (7x7 stem, fc ignored) -> backbone.
@@ -177,7 +178,8 @@ def _torch_name(path: tuple[str, ...], fmt: str) -> str:
     return f'layer{layer}.{block}.{sub}'
   if path == ('memory', 'slots'):
     return 'part_emb_2_level'
-  inv = {('down_query', 'conv'): 'down_query_level_2.0', ('down_supp', 'conv'): 'down_supp_level_2.0',
+  inv = {('down_query', 'conv'): 'down_query_level_2.0',
+         ('down_supp', 'conv'): 'down_supp_level_2.0',
          ('decoder', 'res1', 'conv'): 'res1.0', ('decoder', 'res2', 'conv1'): 'res2.0',
          ('decoder', 'res2', 'conv2'): 'res2.2', ('decoder', 'cls', 'conv'): 'cls.0',
          ('decoder', 'cls', 'cls'): 'cls.3'}

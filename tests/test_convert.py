@@ -54,10 +54,14 @@ def test_official_mapping(official_sd, expected):
                                 _hwio(e('down_supp_level_2.0.weight')))
   np.testing.assert_array_equal(p['memory']['slots'], e('part_emb_2_level')[0])  # (C, N)
   d = p['decoder']
-  np.testing.assert_array_equal(d['init_merge_3']['conv']['kernel'], _hwio(e('init_merge.3.0.weight')))
-  np.testing.assert_array_equal(d['alpha_conv_2']['conv']['kernel'], _hwio(e('alpha_conv.2.0.weight')))
-  np.testing.assert_array_equal(d['beta_conv_1']['conv2']['kernel'], _hwio(e('beta_conv.1.2.weight')))
-  np.testing.assert_array_equal(d['inner_cls_0']['conv']['kernel'], _hwio(e('inner_cls.0.0.weight')))
+  np.testing.assert_array_equal(d['init_merge_3']['conv']['kernel'],
+                                _hwio(e('init_merge.3.0.weight')))
+  np.testing.assert_array_equal(d['alpha_conv_2']['conv']['kernel'],
+                                _hwio(e('alpha_conv.2.0.weight')))
+  np.testing.assert_array_equal(d['beta_conv_1']['conv2']['kernel'],
+                                _hwio(e('beta_conv.1.2.weight')))
+  np.testing.assert_array_equal(d['inner_cls_0']['conv']['kernel'],
+                                _hwio(e('inner_cls.0.0.weight')))
   np.testing.assert_array_equal(d['inner_cls_2']['cls']['bias'], e('inner_cls.2.3.bias'))
   np.testing.assert_array_equal(d['res2']['conv1']['kernel'], _hwio(e('res2.0.weight')))
   np.testing.assert_array_equal(d['cls']['cls']['kernel'], _hwio(e('cls.3.weight')))
@@ -161,7 +165,8 @@ def test_real_model_roundtrip_via_eval_shape():
                                 sd['module.part_emb_2_level'][0])
   np.testing.assert_array_equal(merged['params']['decoder']['beta_conv_2']['conv2']['kernel'],
                                 _hwio(sd['module.beta_conv.2.2.weight']))
-  np.testing.assert_array_equal(merged['batch_stats']['backbone']['layer3_0']['downsample_bn']['var'],
+  bs = merged['batch_stats']['backbone']
+  np.testing.assert_array_equal(bs['layer3_0']['downsample_bn']['var'],
                                 sd['module.layer3.0.downsample.1.running_var'])
 
 

@@ -222,9 +222,10 @@ def run_case(partnet, depth, size, shots, batch, seed):
   return rows
 
 
-def format_table(rows, command, device):
-  lines = [f'Command: `{command}`', '', f'Device: {device}; float32; tolerance '
-           f'{TOLERANCE:g} (max |ours - torch| / max |torch|).', '',
+def format_table(rows, command, device, setup):
+  lines = [f'Command: `{command}`', '', f'Device: {device}; float32; {setup}.', '',
+           f'Tolerance {TOLERANCE:g} on the relative error max |ours - torch| / max |torch| '
+           '(mean: mean |ours - torch| / max |torch|).', '',
            '| K | our mode | quantity | max rel err | mean rel err | within tol |',
            '|---|---|---|---|---|---|']
   for shots, mode, what, mx, mean in rows:
@@ -251,15 +252,22 @@ def main(argv=None):
   torch.set_num_threads(os.cpu_count() or 1)
   partnet = _import_original(args.official_repo)
   rows = []
+  start = time.time()
   for shots in (int(k) for k in args.shots.split(',')):
     rows += run_case(partnet, args.depth, args.size, shots, args.batch, args.seed)
   command = 'python tools/parity_official.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
-  table = format_table(rows, command, f'CPU (torch {torch.__version__}, jax {jax.__version__})')
+  setup = (f'ResNet-{args.depth}, {args.size}x{args.size}, batch {args.batch}, seed {args.seed}, '
+           f'random init, {time.time() - start:.0f} s wall time for everything')
+  table = format_table(rows, command, f'CPU (torch {torch.__version__}, jax {jax.__version__})',
+                       setup)
   print(table)
   if args.out:
     with open(args.out, 'w') as f:
       f.write('# Parity with the original PyTorch MM-Net\n\n' + __doc__.split('\n\n', 2)[2] +
-              '\n' + table)
+              '\nA checkout of the original (the git mirror has no work tree; only model/ is '
+              'needed):\n\n    mkdir -p /tmp/mmnet_official && git -C '
+              '/work/.mirror/wu-zhonghua+MM-Net/repo archive HEAD model util | '
+              'tar -x -C /tmp/mmnet_official\n\n' + table)
   bad = [r for r in rows if r[1] == 'compat' and r[3] > TOLERANCE]
   return 1 if bad else 0
 
