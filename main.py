@@ -6,6 +6,7 @@ summary (per-module parameter table). All logic lives in mmnet_jax/.
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from mmnet_jax import cli
@@ -20,6 +21,7 @@ _MODE = flags.DEFINE_enum('mode', 'train', cli.MODES, 'What to run.')
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)   # orbax and TFDS log every step at INFO
   cli.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
 
 

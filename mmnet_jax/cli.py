@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')   # before TensorFlow is first imported
+
 import jax
 import ml_collections
 

@@ -142,9 +142,11 @@ class MMNet(nn.Module):
       support_l4.append(s4)
       masks_feat.append(mask_k)  # (B, hs, ws) soft mask
 
-    # Foreground confidence map (prior): per-shot mask, mean over shots.
+    # Foreground confidence map (prior): per-shot mask, mean over shots. The original computes
+    # it under torch.no_grad, so no gradient reaches layer4 even with a trainable backbone.
     prior = jnp.mean(jnp.stack([confidence_map(q4, s4, m) for s4, m in
                                 zip(support_l4, masks_feat)], axis=1), axis=1)  # (B, h, w)
+    prior = jax.lax.stop_gradient(prior)
 
     # Meta-class memory and activation propagation.
     slots = memory_lib.MetaClassMemory(self.reduce_dim, self.memory_slots, name='memory')()

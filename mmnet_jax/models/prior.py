@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mmnet_jax.models.cosine import l2_norm
+
 COSINE_EPS = 1e-7
 
 
@@ -26,8 +28,8 @@ def confidence_map(query_feat: jax.Array, support_feat: jax.Array,
   b, h, w, c = query_feat.shape
   q = query_feat.reshape(b, h * w, c)  # (B, HW_q, C)
   s = (support_feat * support_mask[..., None]).reshape(b, -1, c)  # (B, HW_s, C)
-  q_norm = jnp.linalg.norm(q, axis=-1)  # (B, HW_q)
-  s_norm = jnp.linalg.norm(s, axis=-1)  # (B, HW_s)
+  q_norm = l2_norm(q, axis=-1)  # (B, HW_q)
+  s_norm = l2_norm(s, axis=-1)  # (B, HW_s)
   dots = jnp.einsum('bsc,bqc->bsq', s, q)  # (B, HW_s, HW_q)
   sim = dots / (s_norm[:, :, None] * q_norm[:, None, :] + COSINE_EPS)
   sim = jnp.max(sim, axis=1)  # (B, HW_q)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mmnet_jax.models.cosine import l2_norm
+
 COSINE_EPS = 1e-7
 MASKED_LOGIT = -1e9
 
@@ -25,8 +27,8 @@ def propagate(query_act: jax.Array, support_act: jax.Array,
   Returns:
     P: (B, HW_q, N) propagated activations; q: (B, HW_q) quality scores.
   """
-  q_norm = jnp.linalg.norm(query_act, axis=-1)  # (B, HW_q)
-  s_norm = jnp.linalg.norm(support_act, axis=-1)  # (B, HW_s)
+  q_norm = l2_norm(query_act, axis=-1)  # (B, HW_q)
+  s_norm = l2_norm(support_act, axis=-1)  # (B, HW_s)
   dots = jnp.einsum('bin,bjn->bij', query_act, support_act)  # (B, HW_q, HW_s)
   sim = dots / (q_norm[:, :, None] * s_norm[:, None, :] + COSINE_EPS)
   sim = sim * support_mask[:, None, :]
