@@ -31,13 +31,15 @@ def _bin_index(images, bins, normalized):
 
 
 def histogram_matching(query_img, support_imgs, support_labels, bins=8, smoothing=1.0,
-                       normalized=True):
+                       normalized=True, equal_priors=True):
   """Colour-histogram Bayes classifier fitted on the supports, applied to the query.
 
   Foreground and background joint-RGB histograms (`bins` per channel) are counted from the
   support pixels with label 1 and 0 (255 ignored), Laplace-smoothed by `smoothing` per bin;
-  each query pixel is foreground when p(colour | fg) P(fg) > p(colour | bg) P(bg), with the
-  priors P(fg), P(bg) the support pixel fractions.
+  each query pixel is foreground when p(colour | fg) P(fg) > p(colour | bg) P(bg). With
+  `equal_priors` (the default, the stronger baseline for IoU: objects are small, so support
+  pixel fractions as priors would label almost everything background) P(fg) = P(bg);
+  otherwise the priors are the support pixel fractions.
 
   Args:
     query_img: (H, W, 3) float32 (normalised, see module docstring).
@@ -46,6 +48,7 @@ def histogram_matching(query_img, support_imgs, support_labels, bins=8, smoothin
     bins: histogram bins per channel.
     smoothing: pseudo-count added to every bin of both histograms.
     normalized: whether images are ImageNet-normalised (True) or raw 0-255 RGB (False).
+    equal_priors: P(fg) = P(bg) (True) or the support pixel fractions (False).
 
   Returns:
     (H, W) int32 in {0, 1}.
@@ -68,8 +71,10 @@ def histogram_matching(query_img, support_imgs, support_labels, bins=8, smoothin
   if n_fg == 0:  # nothing to match: everything is background
     return np.zeros(query_img.shape[:2], np.int32)
   # Log-odds per bin: log p(c|fg) + log P(fg) - log p(c|bg) - log P(bg); P(.) = n / (n_fg + n_bg).
-  log_fg = np.log(fg_counts + smoothing) - np.log(n_fg + smoothing * n_bins) + np.log(n_fg)
-  log_bg = np.log(bg_counts + smoothing) - np.log(n_bg + smoothing * n_bins) + np.log(
-      max(n_bg, 1))
+  log_fg = np.log(fg_counts + smoothing) - np.log(n_fg + smoothing * n_bins)
+  log_bg = np.log(bg_counts + smoothing) - np.log(n_bg + smoothing * n_bins)
+  if not equal_priors:
+    log_fg += np.log(n_fg)
+    log_bg += np.log(max(n_bg, 1))
   foreground_bin = log_fg > log_bg  # (bins**3,)
   return foreground_bin[_bin_index(query_img, bins, normalized)].astype(np.int32)
