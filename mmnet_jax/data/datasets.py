@@ -3,8 +3,18 @@
 `open_split(dataset_config, split)` reads these fields of `dataset_config` (a ConfigDict or any
 object with attributes; missing optional fields take the defaults shown):
 
-  name          'synthetic' ('pascal' and 'coco' are not implemented yet).
+  name          'synthetic', 'pascal' (PASCAL-5i) or 'coco' (COCO-20i).
   data_dir      TFDS data directory; None or '' -> ~/tensorflow_datasets (or $TFDS_DATA_DIR).
+  Real datasets ('pascal', 'coco'; see docs/data.md):
+  manual_dir    folder holding the user's official downloads (required to build; see
+                pascal.MANUAL_DOWNLOAD_INSTRUCTIONS / coco.MANUAL_DOWNLOAD_INSTRUCTIONS).
+  list_file     'pascal' only, optional: a PFENet-format train list
+                (`JPEGImages/x.jpg SegmentationClassAug/x.png` per line), or a folder of HSNet's
+                per-fold lists (`trn/fold{0..3}.txt`, `val/fold{0..3}.txt`) that sets both splits.
+                '' -> the PFENet train list built by rule (pascal.pfenet_train_ids).
+  val_list_file 'pascal' only, optional: a PFENet-format val list; '' -> VOC2012 val.
+  Pool sizes printed after a build use num_folds (4), coco_convention ('interleaved') and
+  min_class_pixels (2048).
   Synthetic generator knobs (see `synthetic.SyntheticConfig`), read from the sub-config
   `dataset_config.synthetic` when it exists, else from `dataset_config` itself:
   seed          0      benchmark seed (class definitions and every image).
@@ -129,20 +139,116 @@ def _open_synthetic(dataset_config, split):
   return synthetic_tfds.open_split(synthetic_config_from(dataset_config), split, data_dir)
 
 
-def _not_implemented(name):
-  def opener(dataset_config, split):
-    del dataset_config, split
-    raise NotImplementedError(
-        f'dataset {name!r} is not implemented yet (the real-data loader is a separate issue: '
-        f'{name} TFDS builder with class-index masks); use name="synthetic"')
-  return opener
+def _open_pascal(dataset_config, split):
+  from mmnet_jax.data import pascal
+  return pascal.open_split(
+      manual_dir=_field(dataset_config, 'manual_dir', ''), split=split,
+      data_dir=_field(dataset_config, 'data_dir', None) or default_data_dir(),
+      list_file=_field(dataset_config, 'list_file', ''),
+      val_list_file=_field(dataset_config, 'val_list_file', ''),
+      pool_options=_pool_options(dataset_config))
+
+
+def _open_coco(dataset_config, split):
+  from mmnet_jax.data import coco
+  return coco.open_split(
+      manual_dir=_field(dataset_config, 'manual_dir', ''), split=split,
+      data_dir=_field(dataset_config, 'data_dir', None) or default_data_dir(),
+      pool_options=_pool_options(dataset_config))
+
+
+def _pool_options(dataset_config):
+  return dict(num_folds=int(_field(dataset_config, 'num_folds', 4)),
+              coco_convention=_field(dataset_config, 'coco_convention', 'interleaved'),
+              min_class_pixels=int(_field(dataset_config, 'min_class_pixels', 2048)))
 
 
 _REGISTRY = {
     'synthetic': _open_synthetic,
-    'pascal': _not_implemented('pascal'),
-    'coco': _not_implemented('coco'),
+    'pascal': _open_pascal,
+    'coco': _open_coco,
 }
+
+
+def pool_sizes(split, name, num_folds=4, coco_convention='interleaved', min_class_pixels=2048):
+  """{fold: number of pool images} of `split` (train: base classes, val: novel classes).
+
+  Uses `episodes.build_pool` (PFENet rule, no intersection filter); a fold whose pool is empty
+  gets 0.
+  """
+  from mmnet_jax.data import episodes
+  sizes = {}
+  for fold in range(num_folds):
+    train, test = fold_classes(name, fold, num_folds, coco_convention)
+    try:
+      pool = episodes.build_pool(split, train if split.split == 'train' else test,
+                                 min_class_pixels)
+      sizes[fold] = len(pool)
+    except ValueError:
+      sizes[fold] = 0
+  return sizes
+
+
+def print_pool_sizes(split, name, **pool_options):
+  """Prints one line with the per-fold pool sizes of `split` (shown after a dataset build)."""
+  sizes = pool_sizes(split, name, **pool_options)
+  opts = ', '.join(f'{k}={v}' for k, v in pool_options.items())
+  print(f'{name}/{split.split}: {len(split)} images; pool sizes per fold '
+        f'{[sizes[f] for f in sorted(sizes)]} ({opts})', flush=True)
+
+
+class TfdsLoader:
+  """index (in list order) -> (uint8 (h, w, 3) RGB image, uint8 (h, w) label); picklable."""
+
+  def __init__(self, source, order):
+    self._source = source
+    self._order = order
+
+  def __call__(self, index):
+    if not 0 <= index < len(self._order):
+      raise IndexError(f'image index {index} out of range [0, {len(self._order)})')
+    example = self._source[self._order[index]]
+    image = np.asarray(example['image'], np.uint8)
+    if image.ndim == 2 or image.shape[-1] == 1:  # grayscale JPEGs (COCO has some)
+      image = np.repeat(image.reshape(image.shape[:2] + (1,)), 3, axis=-1)
+    return image, np.asarray(example['label'], np.uint8)[..., 0]
+
+
+def split_from_tfds(builder, name, split):
+  """A built real-data TFDS builder's `split` as a `FewShotSplit`, rows in `list_index` order.
+
+  The builder's features must hold image, label (h, w, 1), image_id, list_index, classes and
+  class_areas (pascal.py, coco.py). Only the small fields are read here; images are decoded by
+  `load` on demand.
+  """
+  import tensorflow_datasets as tfds
+  meta = builder.as_data_source(split=split, decoders={
+      'image': tfds.decode.SkipDecoding(), 'label': tfds.decode.SkipDecoding()})
+  rows = []
+  for i in range(len(meta)):
+    ex = meta[i]
+    ident = ex['image_id']
+    ident = ident.decode() if isinstance(ident, bytes) else str(ident)
+    areas = {int(c): int(a) for c, a in zip(ex['classes'], ex['class_areas'])}
+    rows.append((int(ex['list_index']), ident, i, areas))
+  rows.sort(key=lambda r: r[0])  # array_record read order is not the write order
+  return FewShotSplit(
+      name=name, split=split, num_classes=NUM_CLASSES[name],
+      image_ids=tuple(r[1] for r in rows), class_areas=tuple(r[3] for r in rows),
+      load=TfdsLoader(builder.as_data_source(split=split), tuple(r[2] for r in rows)))
+
+
+def label_class_areas(label, num_classes):
+  """{class id: pixels} of classes 1..num_classes in a uint8 label (0 and 255 not counted).
+
+  Raises ValueError for values in (num_classes, 255): a mask that is not a class-index image.
+  """
+  counts = np.bincount(np.asarray(label, np.uint8).ravel(), minlength=256)
+  bad = [v for v in range(num_classes + 1, 255) if counts[v]]
+  if bad:
+    raise ValueError(f'label has values {bad[:5]} outside 0..{num_classes} and 255 '
+                     '(expected a class-index mask)')
+  return {c: int(counts[c]) for c in range(1, num_classes + 1) if counts[c]}
 
 
 def open_split(dataset_config, split):
