@@ -29,8 +29,10 @@ The pools (dataset.min_class_pixels, dataset.filter_intersection) and the eval e
 
 from __future__ import annotations
 
+import atexit
 import math
-from typing import Iterator, Sequence
+import weakref
+from typing import Sequence
 
 import numpy as np
 
@@ -157,7 +159,50 @@ def eval_batch(split, episode_list: Sequence[episodes_lib.Episode], config,
   return out
 
 
-def _as_numpy_stream(tf, indices, make_batch, example: dict) -> Iterator[dict]:
+class BatchStream:
+  """Iterator of numpy batch dicts over a tf.data pipeline; `close()` stops its workers.
+
+  A tf.data iterator still running `numpy_function` work when the interpreter exits deadlocks
+  the exit, so open streams are closed by an atexit hook (and by `close`, `with`, or `del`).
+  """
+
+  def __init__(self, dataset):
+    global _ATEXIT_REGISTERED
+    if not _ATEXIT_REGISTERED:  # after TensorFlow's own hooks, so that it runs before them
+      atexit.register(_close_open_streams)
+      _ATEXIT_REGISTERED = True
+    self._iterator = dataset.as_numpy_iterator()
+    _OPEN_STREAMS.add(self)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if self._iterator is None:
+      raise StopIteration
+    return next(self._iterator)
+
+  def close(self) -> None:
+    """Releases the tf.data iterator (its destructor cancels the in-flight work)."""
+    self._iterator = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    self.close()
+
+
+_OPEN_STREAMS: 'weakref.WeakSet[BatchStream]' = weakref.WeakSet()
+_ATEXIT_REGISTERED = False
+
+
+def _close_open_streams():
+  for stream in list(_OPEN_STREAMS):
+    stream.close()
+
+
+def _as_numpy_stream(tf, indices, make_batch, example: dict) -> BatchStream:
   """Maps tf.data over `indices` through `make_batch` (numpy) -> iterator of numpy dicts."""
   keys = sorted(example)
   dtypes = [tf.as_dtype(example[key].dtype) for key in keys]
@@ -173,12 +218,12 @@ def _as_numpy_stream(tf, indices, make_batch, example: dict) -> Iterator[dict]:
     return dict(zip(keys, values))
 
   ds = indices.map(to_dict, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+  return BatchStream(ds.prefetch(tf.data.AUTOTUNE))
 
 
 def train_dataset(pool: episodes_lib.Pool, config, start_step: int = 0,
                   host_batch_size: int | None = None, process_index: int = 0,
-                  process_count: int = 1, num_steps: int | None = None) -> Iterator[dict]:
+                  process_count: int = 1, num_steps: int | None = None) -> BatchStream:
   """Host training batches for steps start_step, start_step + 1, ... (numpy dicts).
 
   Args:
@@ -203,7 +248,7 @@ def train_dataset(pool: episodes_lib.Pool, config, start_step: int = 0,
 
 def eval_dataset(split, episode_list: Sequence[episodes_lib.Episode], config,
                  host_batch_size: int | None = None, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[dict]:
+                 process_count: int = 1) -> BatchStream:
   """Host eval batches over `episode_list` in order, with the eval keys.
 
   Global batch n holds episodes [n * G, (n + 1) * G), G = config.eval.batch_size; this process

@@ -1,6 +1,9 @@
 """tf.data pipelines: batch contents, determinism, resume, multi-process rows, eval padding."""
 
 import itertools
+import pathlib
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -127,3 +130,18 @@ def test_eval_label_larger_than_max_raises(setup):
   small.eval.max_label_size = 20
   with pytest.raises(ValueError, match='eval.max_label_size=20 must be >='):
     pipeline.eval_batch(split, episodes, small, [0])
+
+
+def test_open_stream_does_not_hang_interpreter_exit():
+  # Without the atexit close, a tf.data iterator with numpy_function work in flight at exit
+  # deadlocks the interpreter (seen with an endless stream after a few batches).
+  code = ('from tests.data.test_pipeline import toy_split, toy_config\n'
+          'from mmnet_jax.data import pipeline\n'
+          'split, c = toy_split(), toy_config()\n'
+          'stream = pipeline.train_dataset(pipeline.train_pool(split, [1, 2, 3, 4], c), c, 0, 4)\n'
+          'next(stream)\n'
+          'print("done")\n')
+  root = pathlib.Path(__file__).resolve().parents[2]
+  proc = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True, text=True,
+                        timeout=90)
+  assert proc.returncode == 0 and 'done' in proc.stdout, proc.stderr[-2000:]
