@@ -14,8 +14,9 @@ binarising, in PFENet's order:
      re-drawn while it keeps < 85% of the foreground (label == 1) pixels, at most 31 re-draws;
      the last draw is kept if none succeeds.
   6. Normalise with the ImageNet mean/std on 0-255.
-Deviations from OpenCV (all sub-quantisation): warp bilinear weights are exact floats (OpenCV
-rounds them to 1/32), warp nearest rounds exact floats (OpenCV: 1/1024 fixed point).
+Against OpenCV 5.0 on float32 images (0-255): resize max |diff| 5e-5, rotation max 0.014 (its
+fixed-point coordinates), blur exact; nearest labels equal except ~2e-5 of rotated pixels
+(.5 rounding ties). The ops run in PFENet's order, one interpolation each, as the original.
 
 Eval (`eval_resize`) is PFENet's test_Resize: if max(h, w) > size the longer side becomes size,
 the other int(side * size / longer), then both are floored to a multiple of 8 (so 473 -> 472);
