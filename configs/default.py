@@ -8,10 +8,6 @@ comma-separated `key=value` items and flags, e.g. `configs/pascal_1shot.py:fold=
 
 import ml_collections
 
-# ImageNet statistics on 0-255 RGB (PFENet's normalisation).
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
-
 
 def parse_arg(arg, **defaults):
   """Parses 'fold=2,runlocal' into a dict; values keep the type of their default."""
@@ -41,7 +37,9 @@ def get_config(arg=None):
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = 'pascal'
   c.dataset.data_dir = ''     # TFDS data dir ('' -> ~/tensorflow_datasets)
-  c.dataset.manual_dir = ''   # where the user's official downloads are
+  c.dataset.manual_dir = ''   # where the user's official downloads are (docs/data.md)
+  c.dataset.list_file = ''    # optional train list: PFENet line format, or a folder of HSNet lists
+  c.dataset.val_list_file = ''
   c.dataset.fold = args['fold']
   c.dataset.num_folds = 4
   c.dataset.coco_convention = 'interleaved'
@@ -93,6 +91,7 @@ def get_config(arg=None):
   c.eval.seed = 321
   c.eval.batch_size = 1
   c.eval.max_label_size = 512
+  c.eval.pad_fill = 'black'       # eval canvas: 'black' (PFENet pastes before normalising) or 'mean'
   c.eval.select_on = 'test_fold'  # 'test_fold' (the original's choice) or 'last'
   c.eval.during_training_episodes = 1000
   c.eval.baselines = True

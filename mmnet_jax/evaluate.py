@@ -82,25 +82,33 @@ class Evaluator:
                                       self.config.eval.seed)
 
   def evaluate(self, variables, num_episodes: int | None = None, with_baselines: bool = False,
-               episode_list=None) -> dict:
-    """Scores `variables` (and optionally the baselines) on the protocol's episodes."""
+               episode_list=None, on_batch=None) -> dict:
+    """Scores `variables` (and optionally the baselines) on the protocol's episodes.
+
+    `on_batch(host_batch, logit_diff)`, if given, sees every host batch with the model's
+    (B, H, W) logit differences (e.g. to draw episode pictures).
+    """
     if episode_list is None:
       episode_list = self.episodes(num_episodes or self.config.eval.num_episodes)
     variables = sharding.replicate(variables, self.mesh)
     totals = metrics.SegmentationTotals()
     base_totals = {name: metrics.SegmentationTotals() for name in BASELINES}
     start = time.perf_counter()
-    for batch in pipeline.eval_dataset(self.split, episode_list, self.config,
-                                       host_batch_size=self._host_batch,
-                                       process_index=jax.process_index(),
-                                       process_count=jax.process_count()):
+    stream = pipeline.eval_dataset(self.split, episode_list, self.config,
+                                   host_batch_size=self._host_batch,
+                                   process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+    for batch in stream:
       model_batch = {k: batch[k] for k in ('query_img', 'support_imgs', 'support_labels')}
       diff = self._step(variables, sharding.to_global(model_batch, self.mesh))
       diff = np.asarray(jax.device_get(sharding.local_rows(diff)))
       totals = score_batch(totals, batch, diff)
+      if on_batch is not None:
+        on_batch(batch, diff)
       if with_baselines:
         for name, fn in BASELINES.items():
           base_totals[name] = score_batch(base_totals[name], batch, baseline_logit_diff(fn, batch))
+    stream.close()
     seconds = time.perf_counter() - start
     summary = metrics.summarize(totals, self.test_classes)
     summary['seconds'] = seconds
@@ -162,7 +170,7 @@ def format_results(results: dict) -> str:
   names = ['model'] + list(results.get('baselines', {}))
   rows = [f'{"class":>8}' + ''.join(f'{n:>20}' for n in names)]
   for c, iou in results['class_iou'].items():
-    row = [iou] + [results['baselines'][n]['class_iou'][c] for n in names[1:]]
+    row = [iou] + [results['baselines'][n]['class_iou'].get(c, float('nan')) for n in names[1:]]
     rows.append(f'{c:>8}' + ''.join(f'{v:>20.2f}' for v in row))
   for key, label in (('miou', 'mIoU'), ('fb_iou', 'FB-IoU')):
     row = [results[key]] + [results['baselines'][n][key] for n in names[1:]]

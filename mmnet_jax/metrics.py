@@ -114,20 +114,20 @@ class SegmentationTotals:
 
 
 def class_iou(totals: SegmentationTotals, classes: Iterable[int]) -> dict[int, float]:
-  """IoU of each class in `classes`; a class with no episodes raises (it would bias mIoU)."""
+  """IoU of each class of `classes` that has episodes (a class without any is left out, not
+  counted as 0; `summarize` lists such classes)."""
   out = {}
   for c in classes:
-    if c not in totals.class_union:
-      raise ValueError(f'class {c} has no evaluation episode; mIoU over the fold is undefined')
-    u = totals.class_union[c]
-    out[c] = totals.class_inter[c] / u if u > 0 else 0.0
+    if c in totals.class_union:
+      u = totals.class_union[c]
+      out[c] = totals.class_inter[c] / u if u > 0 else 0.0
   return out
 
 
 def mean_iou(totals: SegmentationTotals, classes: Iterable[int]) -> float:
-  """Class-wise mIoU over `classes` (the fold's test classes)."""
+  """Class-wise mIoU over the classes of `classes` (the fold's test classes) with episodes."""
   ious = class_iou(totals, classes)
-  return float(np.mean(list(ious.values())))
+  return float(np.mean(list(ious.values()))) if ious else float('nan')
 
 
 def fb_iou(totals: SegmentationTotals) -> float:
@@ -148,7 +148,8 @@ def summarize(totals: SegmentationTotals, classes: Iterable[int]) -> dict:
   classes = list(classes)
   ious = class_iou(totals, classes)
   return {
-      'miou': 100.0 * float(np.mean(list(ious.values()))),
+      'miou': 100.0 * mean_iou(totals, classes),
+      'classes_without_episodes': [c for c in classes if c not in ious],
       'fb_iou': 100.0 * fb_iou(totals),
       'class_iou': {str(c): 100.0 * v for c, v in ious.items()},
       'mean_episode_iou': 100.0 * mean_episode_iou(totals),

@@ -259,6 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     elif done % config.train.checkpoint_every == 0:
       save(done)
   bar.close()
+  data.close()
   save(total_steps)
   ckpts.wait()
   ckpts.close()

@@ -5,6 +5,7 @@ import pytest
 
 from mmnet_jax import baselines
 from mmnet_jax.data import datasets
+from mmnet_jax.data import episodes
 from mmnet_jax.data import synthetic
 
 
@@ -85,8 +86,8 @@ def honesty_check(num_episodes=200, fold=0, num_images=400, min_class_pixels=200
     ci = rng.integers(len(test_classes))
     c = test_classes[ci]
     q, s = rng.choice(pool[c], size=2, replace=False)
-    q_img, q_lab = examples[q][0], datasets.binarize_label(examples[q][1], c)
-    s_img, s_lab = examples[s][0], datasets.binarize_label(examples[s][1], c)
+    q_img, q_lab = examples[q][0], episodes.binarise(examples[q][1], c)
+    s_img, s_lab = examples[s][0], episodes.binarise(examples[s][1], c)
     args = (datasets.normalize_image(q_img), datasets.normalize_image(s_img)[None], s_lab[None])
     for name, fn in (('all_fg', baselines.all_foreground),
                      ('histogram', baselines.histogram_matching)):

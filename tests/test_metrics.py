@@ -42,10 +42,12 @@ def test_classwise_miou_differs_from_mean_of_episodes():
   assert set(summary['class_iou']) == {'1', '2'}
 
 
-def test_missing_class_is_an_error_not_a_silent_zero():
-  totals = metrics.SegmentationTotals().add(1, np.array([1, 1]), np.array([1, 1]))
-  with pytest.raises(ValueError, match='class 3'):
-    metrics.mean_iou(totals, [1, 3])
+def test_class_without_episodes_is_reported_not_counted_as_zero():
+  totals = metrics.SegmentationTotals().add(1, np.array([1, 1]), np.array([1, 2]))
+  assert metrics.mean_iou(totals, [1, 3]) == pytest.approx(0.5)
+  summary = metrics.summarize(totals, [1, 3])
+  assert summary['classes_without_episodes'] == [3]
+  assert set(summary['class_iou']) == {'1'}
 
 
 def test_merge_equals_sequential_accumulation():

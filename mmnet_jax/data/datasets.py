@@ -92,13 +92,6 @@ def fold_classes(name, fold, num_folds=4, coco_convention='interleaved'):
   return train, test
 
 
-def binarize_label(label, class_id):
-  """Episode label: `class_id` -> 1, other classes -> 0, 255 kept. uint8 in, uint8 out."""
-  out = (label == class_id).astype(np.uint8)
-  out[label == 255] = 255
-  return out
-
-
 def normalize_image(image):
   """uint8/float RGB (..., 3) on 0-255 -> float32 normalised with IMAGENET_MEAN/STD."""
   mean = np.asarray(IMAGENET_MEAN, np.float32)

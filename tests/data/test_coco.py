@@ -126,7 +126,7 @@ def test_overlap_and_crowd_rules(built):
   assert (flat[crowd & (flat != 2)] == 255).all()     # crowd -> ignore
   assert (flat[crowd] == 2).any()                     # the instance overrides the crowd
   assert 1 not in splits['val'].class_areas[0]       # crowd pixels never count for the class
-  binary = datasets.binarize_label(label7, 2)
+  binary = episodes.binarise(label7, 2)
   assert set(np.unique(binary)) == {0, 1, 255}
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mmnet_jax.data import datasets
+from mmnet_jax.data import episodes
 from mmnet_jax.data import synthetic
 
 
@@ -48,7 +49,7 @@ def test_fold_errors():
 
 
 def test_open_split_errors():
-  with pytest.raises(NotImplementedError, match='pascal'):
+  with pytest.raises(FileNotFoundError, match='manual_dir'):
     datasets.open_split(ml_collections.ConfigDict({'name': 'pascal'}), 'train')
   with pytest.raises(ValueError, match='name'):
     datasets.open_split(ml_collections.ConfigDict({'name': 'imagenet'}), 'train')
@@ -62,7 +63,7 @@ def test_normalize_roundtrip_and_binarize():
   np.testing.assert_allclose(norm[0, 0, 0], (0 - 123.675) / 58.395, rtol=1e-6)
   np.testing.assert_allclose(datasets.denormalize_image(norm), img, atol=1e-4)
   label = np.array([[0, 3, 5], [255, 3, 0]], np.uint8)
-  np.testing.assert_array_equal(datasets.binarize_label(label, 3), [[0, 1, 0], [255, 1, 0]])
+  np.testing.assert_array_equal(episodes.binarise(label, 3), [[0, 1, 0], [255, 1, 0]])
 
 
 def test_synthetic_config_from_nested_and_flat():

@@ -98,7 +98,7 @@ def test_labels_are_indices_with_255_kept(built):
 def test_binarisation(built):
   _, _, _, splits = built
   _, label = splits['val'].load(1)   # 2007_000011: classes 3, 7 and a 255 band
-  binary = datasets.binarize_label(label, 3)
+  binary = episodes.binarise(label, 3)
   assert set(np.unique(binary)) == {0, 1, 255}
   assert (binary == 1).sum() == 2047 and (binary == 255).sum() == 300
   assert ((binary == 0) == ((label != 3) & (label != 255))).all()
