@@ -63,6 +63,12 @@ def baseline_logit_diff(fn, batch: dict) -> np.ndarray:
   return np.stack(preds).astype(np.float32) * 2.0 - 1.0
 
 
+def merge_processes(totals: metrics.SegmentationTotals, classes) -> metrics.SegmentationTotals:
+  """The sum of every process's totals (the same value on each process)."""
+  vector = sharding.sum_across_processes(metrics.totals_to_vector(totals, classes))
+  return metrics.totals_from_vector(vector, classes)
+
+
 class Evaluator:
   """Evaluates model variables on the fold's test classes of the val split."""
 
@@ -109,6 +115,9 @@ class Evaluator:
         for name, fn in BASELINES.items():
           base_totals[name] = score_batch(base_totals[name], batch, baseline_logit_diff(fn, batch))
     stream.close()
+    # Each process scored its own rows: sum the counts so every episode counts exactly once.
+    totals = merge_processes(totals, self.test_classes)
+    base_totals = {n: merge_processes(t, self.test_classes) for n, t in base_totals.items()}
     seconds = time.perf_counter() - start
     summary = metrics.summarize(totals, self.test_classes)
     summary['seconds'] = seconds

@@ -155,3 +155,33 @@ def summarize(totals: SegmentationTotals, classes: Iterable[int]) -> dict:
       'mean_episode_iou': 100.0 * mean_episode_iou(totals),
       'episodes': totals.episodes,
   }
+
+
+
+def totals_to_vector(totals: SegmentationTotals, classes: Iterable[int]) -> np.ndarray:
+  """A fixed-layout float64 vector of `totals` over `classes`, for summing across processes:
+  [inter_c, union_c, has_episodes_c for c in classes] + fb_inter(2) + fb_union(2) +
+  [episodes, episode_iou_sum, episodes_scored]."""
+  classes = list(classes)
+  extra = set(totals.class_union) - set(classes)
+  if extra:
+    raise ValueError(f'episodes of classes {sorted(extra)} outside the evaluated classes')
+  per_class = [v for c in classes
+               for v in (totals.class_inter.get(c, 0.0), totals.class_union.get(c, 0.0),
+                         float(c in totals.class_union))]
+  return np.array(per_class + list(totals.fb_inter) + list(totals.fb_union) +
+                  [totals.episodes, totals.episode_iou_sum, totals.episodes_scored], np.float64)
+
+
+def totals_from_vector(vector: np.ndarray, classes: Iterable[int]) -> SegmentationTotals:
+  """Inverse of `totals_to_vector`, also for a sum of such vectors."""
+  classes = list(classes)
+  present = [(i, c) for i, c in enumerate(classes) if vector[3 * i + 2] > 0]
+  n = 3 * len(classes)
+  return SegmentationTotals(
+      class_inter={c: float(vector[3 * i]) for i, c in present},
+      class_union={c: float(vector[3 * i + 1]) for i, c in present},
+      fb_inter=(float(vector[n]), float(vector[n + 1])),
+      fb_union=(float(vector[n + 2]), float(vector[n + 3])),
+      episodes=int(round(vector[n + 4])), episode_iou_sum=float(vector[n + 5]),
+      episodes_scored=int(round(vector[n + 6])))

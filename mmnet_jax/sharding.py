@@ -66,3 +66,12 @@ def local_rows(x: jax.Array) -> np.ndarray:
     start = shard.index[0].start or 0
     shards.setdefault(start, np.asarray(shard.data))
   return np.concatenate([shards[k] for k in sorted(shards)])
+
+
+def sum_across_processes(vector: np.ndarray) -> np.ndarray:
+  """Sum of a host numpy vector over all processes (identity on one process)."""
+  if jax.process_count() == 1:
+    return vector
+  from jax.experimental import multihost_utils
+  gathered = multihost_utils.process_allgather(np.asarray(vector))   # (processes, n)
+  return np.asarray(gathered).sum(axis=0)

@@ -81,3 +81,13 @@ def test_predict_at_size_on_padded_square():
   inter, union = metrics.intersection_union(metrics.predict_at_size(diff, 3), label)
   np.testing.assert_array_equal(inter, [4, 2])
   np.testing.assert_array_equal(union, [4, 2])
+
+
+def test_vector_round_trip_and_sum_of_parts():
+  a = metrics.SegmentationTotals().add(1, np.array([1, 2]), np.array([3, 4]))
+  b = metrics.SegmentationTotals().add(2, np.array([5, 6]), np.array([7, 8]))
+  b = b.add(1, np.array([1, 0]), np.array([2, 5]))
+  classes = [1, 2, 3]
+  assert metrics.totals_from_vector(metrics.totals_to_vector(a, classes), classes) == a
+  summed = metrics.totals_to_vector(a, classes) + metrics.totals_to_vector(b, classes)
+  assert metrics.totals_from_vector(summed, classes) == a.merge(b)
