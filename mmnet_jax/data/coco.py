@@ -143,14 +143,7 @@ class Coco20i(tfds.core.GeneratorBasedBuilder):
 
   def _info(self):
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3), encoding_format='jpeg'),
-            'label': tfds.features.Image(shape=(None, None, 1), encoding_format='png'),
-            'image_id': tfds.features.Text(),
-            'list_index': np.int32,
-            'classes': tfds.features.Sequence(np.int32),
-            'class_areas': tfds.features.Sequence(np.int32),
-        }),
+        features=datasets.fss_features('jpeg'),
         supervised_keys=None,
         homepage='https://cocodataset.org/',
     )

@@ -190,6 +190,22 @@ def print_pool_sizes(split, name, **pool_options):
         f'{[sizes[f] for f in sorted(sizes)]} ({opts})', flush=True)
 
 
+def fss_features(image_encoding, with_list_index=True):
+  """The TFDS features every few-shot builder writes: image, class-index label (h, w, 1),
+  image_id, optional list_index (row order of the source list), classes and class_areas."""
+  import tensorflow_datasets as tfds
+  features = {
+      'image': tfds.features.Image(shape=(None, None, 3), encoding_format=image_encoding),
+      'label': tfds.features.Image(shape=(None, None, 1), encoding_format='png'),
+      'image_id': tfds.features.Text(),
+      'classes': tfds.features.Sequence(np.int32),
+      'class_areas': tfds.features.Sequence(np.int32),
+  }
+  if with_list_index:
+    features['list_index'] = np.int32
+  return tfds.features.FeaturesDict(features)
+
+
 class TfdsLoader:
   """index (in list order) -> (uint8 (h, w, 3) RGB image, uint8 (h, w) label); picklable."""
 

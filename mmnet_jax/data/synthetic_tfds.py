@@ -51,13 +51,7 @@ class SyntheticFss(tfds.core.GeneratorBasedBuilder):
 
   def _info(self):
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3), encoding_format='png'),
-            'label': tfds.features.Image(shape=(None, None, 1), encoding_format='png'),
-            'image_id': tfds.features.Text(),
-            'classes': tfds.features.Sequence(np.int32),
-            'class_areas': tfds.features.Sequence(np.int32),
-        }),
+        features=datasets.fss_features('png', with_list_index=False),
         supervised_keys=None,
         homepage='https://github.com/wu-zhonghua/MM-Net',
     )
@@ -97,20 +91,6 @@ def build(gen, data_dir):
   return builder
 
 
-class _Loader:
-  """index (in image_id order) -> (uint8 (h, w, 3) image, uint8 (h, w) label); picklable."""
-
-  def __init__(self, source, order):
-    self._source = source
-    self._order = order
-
-  def __call__(self, index):
-    if not 0 <= index < len(self._order):
-      raise IndexError(f'image index {index} out of range [0, {len(self._order)})')
-    example = self._source[self._order[index]]
-    return np.asarray(example['image'], np.uint8), np.asarray(example['label'], np.uint8)[..., 0]
-
-
 def open_split(gen, split, data_dir):
   """Builds the dataset on first use and returns `split` as a `datasets.FewShotSplit`.
 
@@ -133,4 +113,4 @@ def open_split(gen, split, data_dir):
       name='synthetic', split=split, num_classes=synthetic.NUM_CLASSES,
       image_ids=tuple(r[0] for r in rows),
       class_areas=tuple(r[2] for r in rows),
-      load=_Loader(builder.as_data_source(split=split), tuple(r[1] for r in rows)))
+      load=datasets.TfdsLoader(builder.as_data_source(split=split), tuple(r[1] for r in rows)))
