@@ -64,6 +64,8 @@ def get_config(arg=None):
   c.model.kshot_mask_compat = False
   c.model.feature_dropout = 0.5
   c.model.head_dropout = 0.1
+  c.model.dtype = 'float32'       # computation dtype: 'float32' or 'bfloat16' (params stay float32)
+  c.model.attention_chunk = 0     # > 0: query pixels per attention block (memory); 0 = all at once
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 4

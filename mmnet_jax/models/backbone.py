@@ -13,9 +13,11 @@ Parameter names follow docs/architecture.md: ``stem/{conv1,bn1,...}`` and
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from mmnet_jax.models.batchnorm import BatchNorm
 from mmnet_jax.models.initializers import resnet_kernel_init, torch_conv
@@ -65,9 +67,9 @@ def feature_size(h: int, w: int) -> tuple[int, int]:
   return (h - 1) // 8 + 1, (w - 1) // 8 + 1
 
 
-def _conv(features, kernel, in_features, name, stride=1, padding=0, dilation=1):
+def _conv(features, kernel, in_features, name, stride=1, padding=0, dilation=1, dtype=None):
   return torch_conv(features, kernel, in_features, padding=padding, stride=stride,
-                    dilation=dilation, name=name, kernel_init=resnet_kernel_init)
+                    dilation=dilation, name=name, kernel_init=resnet_kernel_init, dtype=dtype)
 
 
 class Bottleneck(nn.Module):
@@ -76,19 +78,21 @@ class Bottleneck(nn.Module):
   stride: int = 1
   dilation: int = 1
   downsample: bool = False
+  dtype: Any = jnp.float32   # computation dtype
 
   @nn.compact
   def __call__(self, x, use_running_average: bool):
-    cin, p, d = x.shape[-1], self.planes, self.dilation
-    out = _conv(p, 1, cin, 'conv1')(x)
+    cin, p, d, dt = x.shape[-1], self.planes, self.dilation, self.dtype
+    out = _conv(p, 1, cin, 'conv1', dtype=dt)(x)
     out = nn.relu(BatchNorm(name='bn1')(out, use_running_average))
-    out = _conv(p, 3, p, 'conv2', stride=self.stride, padding=d, dilation=d)(out)
+    out = _conv(p, 3, p, 'conv2', stride=self.stride, padding=d, dilation=d, dtype=dt)(out)
     out = nn.relu(BatchNorm(name='bn2')(out, use_running_average))
-    out = _conv(p * EXPANSION, 1, p, 'conv3')(out)
+    out = _conv(p * EXPANSION, 1, p, 'conv3', dtype=dt)(out)
     out = BatchNorm(name='bn3')(out, use_running_average)
     residual = x
     if self.downsample:
-      residual = _conv(p * EXPANSION, 1, cin, 'downsample_conv', stride=self.stride)(x)
+      residual = _conv(p * EXPANSION, 1, cin, 'downsample_conv', stride=self.stride,
+                       dtype=dt)(x)
       residual = BatchNorm(name='downsample_bn')(residual, use_running_average)
     return nn.relu(out + residual)
 
@@ -97,18 +101,22 @@ class Stem(nn.Module):
   """Deep stem (3x3 s2, 3x3, 3x3) or torchvision stem (7x7 s2), each followed by maxpool."""
   deep: bool
   widths: tuple[int, ...]
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, use_running_average: bool):
+    dt = self.dtype
     if self.deep:
       c1, c2, c3 = self.widths
-      x = nn.relu(BatchNorm(name='bn1')(_conv(c1, 3, x.shape[-1], 'conv1', 2, 1)(x),
+      x = nn.relu(BatchNorm(name='bn1')(_conv(c1, 3, x.shape[-1], 'conv1', 2, 1, dtype=dt)(x),
                                         use_running_average))
-      x = nn.relu(BatchNorm(name='bn2')(_conv(c2, 3, c1, 'conv2', 1, 1)(x), use_running_average))
-      x = nn.relu(BatchNorm(name='bn3')(_conv(c3, 3, c2, 'conv3', 1, 1)(x), use_running_average))
+      x = nn.relu(BatchNorm(name='bn2')(_conv(c2, 3, c1, 'conv2', 1, 1, dtype=dt)(x),
+                                        use_running_average))
+      x = nn.relu(BatchNorm(name='bn3')(_conv(c3, 3, c2, 'conv3', 1, 1, dtype=dt)(x),
+                                        use_running_average))
     else:
       (c1,) = self.widths
-      x = nn.relu(BatchNorm(name='bn1')(_conv(c1, 7, x.shape[-1], 'conv1', 2, 3)(x),
+      x = nn.relu(BatchNorm(name='bn1')(_conv(c1, 7, x.shape[-1], 'conv1', 2, 3, dtype=dt)(x),
                                         use_running_average))
     # torch MaxPool2d pads with -inf; flax max_pool pads with the reduction's init (-inf).
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -120,25 +128,28 @@ class ResNetBackbone(nn.Module):
   ``layer4_mask`` (B, h, w) at the layer3 resolution, if given, multiplies layer3 before layer4
   (the support path of the original: layer4(layer3 * mask)). One call = one pass of the
   original's layer0..layer4, so BatchNorm statistics are per call, as in torch.
+  Features come out in ``dtype`` (the computation dtype; parameters are float32).
   """
   name_or_spec: str = 'resnet50'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, use_running_average: bool, layer4_mask=None):
     spec = get_spec(self.name_or_spec)
-    x = Stem(spec.deep_stem, spec.stem_widths, name='stem')(x, use_running_average)
+    x = Stem(spec.deep_stem, spec.stem_widths, dtype=self.dtype, name='stem')(
+        x.astype(self.dtype), use_running_average)
     feats = []
     for l, (n_blocks, planes, (stride, dil)) in enumerate(
         zip(spec.blocks, spec.widths, _LAYER_STRIDE_DILATION), start=1):
       if l == 4 and layer4_mask is not None:
         if layer4_mask.shape != x.shape[:3]:
           raise ValueError(f'layer4_mask shape {layer4_mask.shape} != layer3 map {x.shape[:3]}')
-        x = x * layer4_mask[..., None]
+        x = x * layer4_mask[..., None].astype(x.dtype)
       for i in range(n_blocks):
         s = stride if i == 0 else 1
         # As torch's _make_layer: a projection shortcut only where the shape changes.
         down = i == 0 and (s != 1 or x.shape[-1] != planes * EXPANSION)
-        x = Bottleneck(planes, stride=s, dilation=dil, downsample=down,
+        x = Bottleneck(planes, stride=s, dilation=dil, downsample=down, dtype=self.dtype,
                        name=f'layer{l}_{i}')(x, use_running_average)
       feats.append(x)
     return feats[1], feats[2], feats[3]

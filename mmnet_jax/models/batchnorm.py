@@ -19,6 +19,8 @@ class BatchNorm(nn.Module):
   Params: ``scale`` (1s), ``bias`` (0s). batch_stats: ``mean`` (0s), ``var`` (1s).
   With ``use_running_average=False`` the batch statistics normalise the input and, when the
   'batch_stats' collection is mutable (and not during init), the running stats are updated.
+  Statistics and the normalisation are float32 whatever the input dtype (bf16 sums of many
+  pixels lose the mean); the output has the input's dtype.
   """
   momentum: float = 0.1
   epsilon: float = 1e-5
@@ -26,6 +28,8 @@ class BatchNorm(nn.Module):
   @nn.compact
   def __call__(self, x, use_running_average: bool):
     c = x.shape[-1]
+    out_dtype = x.dtype
+    x = x.astype(jnp.float32)
     scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
     ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
@@ -45,4 +49,4 @@ class BatchNorm(nn.Module):
         ra_mean.value = (1.0 - m) * ra_mean.value + m * mean
         ra_var.value = (1.0 - m) * ra_var.value + m * var * (n / (n - 1))
     inv = scale * jnp.reciprocal(jnp.sqrt(var + self.epsilon))
-    return (x - mean) * inv + bias
+    return ((x - mean) * inv + bias).astype(out_dtype)

@@ -11,7 +11,7 @@ No BatchNorm; convs have no bias except the final 1x1 classifiers; torch default
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -29,20 +29,24 @@ def channel_dropout(rate: float) -> nn.Dropout:
 class Conv1x1ReLU(nn.Module):
   """``conv`` 1x1 without bias, then ReLU."""
   features: int
+  dtype: Any = jnp.float32   # computation dtype
 
   @nn.compact
   def __call__(self, x):
-    return nn.relu(torch_conv(self.features, 1, x.shape[-1], name='conv')(x))
+    return nn.relu(torch_conv(self.features, 1, x.shape[-1], name='conv', dtype=self.dtype)(x))
 
 
 class DoubleConv3x3(nn.Module):
   """``conv1``, ``conv2``: two 3x3 convs (no bias) each followed by ReLU."""
   features: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    x = nn.relu(torch_conv(self.features, 3, x.shape[-1], padding=1, name='conv1')(x))
-    return nn.relu(torch_conv(self.features, 3, self.features, padding=1, name='conv2')(x))
+    dt = self.dtype
+    x = nn.relu(torch_conv(self.features, 3, x.shape[-1], padding=1, name='conv1', dtype=dt)(x))
+    return nn.relu(torch_conv(self.features, 3, self.features, padding=1, name='conv2',
+                              dtype=dt)(x))
 
 
 class SegHead(nn.Module):
@@ -50,12 +54,14 @@ class SegHead(nn.Module):
   features: int
   num_classes: int = 2
   dropout: float = 0.1
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = nn.relu(torch_conv(self.features, 3, x.shape[-1], padding=1, name='conv')(x))
+    dt = self.dtype
+    x = nn.relu(torch_conv(self.features, 3, x.shape[-1], padding=1, name='conv', dtype=dt)(x))
     x = channel_dropout(self.dropout)(x, deterministic=not train)
-    return torch_conv(self.num_classes, 1, self.features, use_bias=True, name='cls')(x)
+    return torch_conv(self.num_classes, 1, self.features, use_bias=True, name='cls', dtype=dt)(x)
 
 
 def scale_size(scale: float, feat_hw: tuple[int, int]) -> tuple[int, int]:
@@ -75,32 +81,37 @@ def scale_size(scale: float, feat_hw: tuple[int, int]) -> tuple[int, int]:
 
 
 class FEMDecoder(nn.Module):
-  """Returns (logits at feature size (B, h, w, classes), tuple of aux logits per scale)."""
+  """Returns (logits at feature size (B, h, w, classes), tuple of aux logits per scale).
+
+  Computes in ``dtype``; the logits are returned in float32 (losses and scoring need it).
+  """
   ppm_scales: Sequence[float] = (60, 30, 15, 8)
   reduce_dim: int = 256
   num_classes: int = 2
   head_dropout: float = 0.1
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, query_map: jax.Array, prior: jax.Array, train: bool):
     # query_map: (B, h, w, N); prior: (B, h, w, 1). Channel order as the original: [Q, prior].
     feat_hw = query_map.shape[1:3]
-    d = self.reduce_dim
+    d, dt = self.reduce_dim, self.dtype
+    query_map, prior = query_map.astype(dt), prior.astype(dt)
     pyramid, aux = [], []
     for b, scale in enumerate(self.ppm_scales):
       size = scale_size(scale, feat_hw)
       x = jnp.concatenate([resize_bilinear_align_corners(query_map, size),
                            resize_bilinear_align_corners(prior, size)], axis=-1)
-      merge = Conv1x1ReLU(d, name=f'init_merge_{b}')(x)
+      merge = Conv1x1ReLU(d, dtype=dt, name=f'init_merge_{b}')(x)
       if b >= 1:
         prev = resize_bilinear_align_corners(pyramid[-1], size)
-        merge = Conv1x1ReLU(d, name=f'alpha_conv_{b - 1}')(
+        merge = Conv1x1ReLU(d, dtype=dt, name=f'alpha_conv_{b - 1}')(
             jnp.concatenate([merge, prev], axis=-1)) + merge
-      merge = DoubleConv3x3(d, name=f'beta_conv_{b}')(merge) + merge
-      aux.append(SegHead(d, self.num_classes, self.head_dropout, name=f'inner_cls_{b}')(
-          merge, train))
+      merge = DoubleConv3x3(d, dtype=dt, name=f'beta_conv_{b}')(merge) + merge
+      aux.append(SegHead(d, self.num_classes, self.head_dropout, dtype=dt,
+                         name=f'inner_cls_{b}')(merge, train).astype(jnp.float32))
       pyramid.append(resize_bilinear_align_corners(merge, feat_hw))
-    x = Conv1x1ReLU(d, name='res1')(jnp.concatenate(pyramid, axis=-1))
-    x = DoubleConv3x3(d, name='res2')(x) + x
-    logits = SegHead(d, self.num_classes, self.head_dropout, name='cls')(x, train)
-    return logits, tuple(aux)
+    x = Conv1x1ReLU(d, dtype=dt, name='res1')(jnp.concatenate(pyramid, axis=-1))
+    x = DoubleConv3x3(d, dtype=dt, name='res2')(x) + x
+    logits = SegHead(d, self.num_classes, self.head_dropout, dtype=dt, name='cls')(x, train)
+    return logits.astype(jnp.float32), tuple(aux)

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmnet_jax.models import chunked
 from mmnet_jax.models.initializers import memory_slot_init
 
 
@@ -37,7 +38,7 @@ def activations(feat: jax.Array, slots: jax.Array) -> jax.Array:
   return jnp.einsum('bpc,cn->bpn', feat, slots)
 
 
-def reconstruction_loss(feat: jax.Array, slots: jax.Array) -> jax.Array:
+def reconstruction_loss(feat: jax.Array, slots: jax.Array, chunk: int = 0) -> jax.Array:
   """Cross-entropy of reconstructing each pixel from the memory (PartNet.py:297-306).
 
   R = M softmax_N(A) is the reconstruction of every pixel; logits L[i, j] = R_i . F_j score
@@ -47,12 +48,18 @@ def reconstruction_loss(feat: jax.Array, slots: jax.Array) -> jax.Array:
   Args:
     feat: (B, HW, C) support features (shot 0 in the model).
     slots: (C, N) memory.
+    chunk: > 0 computes the (HW, HW) logits for that many original pixels j at a time.
   Returns:
-    scalar, unweighted.
+    float32 scalar, unweighted.
   """
+  feat = feat.astype(jnp.float32)
   attn = jax.nn.softmax(activations(feat, slots), axis=-1)  # (B, HW, N)
   recon = jnp.einsum('bpn,cn->bpc', attn, slots)  # (B, HW_recon, C)
-  logits = jnp.einsum('bic,bjc->bji', recon, feat)  # (B, HW_orig j, HW_recon i)
-  target_logit = jnp.sum(recon * feat, axis=-1)  # L[j, j]: (B, HW)
-  nll = jax.nn.logsumexp(logits, axis=-1) - target_logit
-  return jnp.mean(nll)
+
+  def rows(pair):  # original pixels j: feat (B, R, C), their own reconstructions (B, R, C)
+    f_rows, r_rows = pair
+    logits = jnp.einsum('bic,bjc->bji', recon, f_rows)  # (B, R orig j, HW_recon i)
+    target_logit = jnp.sum(r_rows * f_rows, axis=-1)  # L[j, j]: (B, R)
+    return jax.nn.logsumexp(logits, axis=-1) - target_logit
+
+  return jnp.mean(chunked.map_rows(rows, (feat, recon), chunk))

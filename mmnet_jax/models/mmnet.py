@@ -27,16 +27,18 @@ from mmnet_jax.models.prior import confidence_map
 from mmnet_jax.models.resize import resize_bilinear_align_corners
 
 BN_MODES = ('train', 'frozen')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 class MidLevelReduce(nn.Module):
   """``conv`` 1x1 (no bias) + ReLU + Dropout2d: down_query_level_2 / down_supp_level_2."""
   features: int
   dropout: float
+  dtype: Any = jnp.float32   # computation dtype
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = nn.relu(torch_conv(self.features, 1, x.shape[-1], name='conv')(x))
+    x = nn.relu(torch_conv(self.features, 1, x.shape[-1], name='conv', dtype=self.dtype)(x))
     return channel_dropout(self.dropout)(x, deterministic=not train)
 
 
@@ -54,6 +56,10 @@ class MMNet(nn.Module):
     kshot_mask_compat: every shot's APM uses the LAST shot's mask (the released code's bug).
     feature_dropout: Dropout2d rate after down_query / down_supp (0.5).
     head_dropout: Dropout2d rate in the classifier heads (0.1).
+    dtype: computation dtype of the convolutions, 'float32' or 'bfloat16' (mixed precision:
+      parameters, BN statistics, memory, prior, propagation, logits and losses stay float32).
+    attention_chunk: > 0 computes the pixel-to-pixel matrices (propagation attention, prior
+      cosines, reconstruction logits) for that many query pixels at a time; 0 = all at once.
   """
   backbone: str = 'resnet50'
   reduce_dim: int = 256
@@ -65,6 +71,8 @@ class MMNet(nn.Module):
   feature_dropout: float = 0.5
   head_dropout: float = 0.1
   num_classes: int = 2
+  dtype: str = 'float32'
+  attention_chunk: int = 0
 
   @classmethod
   def from_config(cls, model_config: Any) -> 'MMNet':
@@ -74,7 +82,7 @@ class MMNet(nn.Module):
     kwargs = {}
     for field in ('backbone', 'reduce_dim', 'memory_slots', 'ppm_scales', 'bn_mode',
                   'freeze_backbone', 'kshot_mask_compat', 'feature_dropout', 'head_dropout',
-                  'num_classes'):
+                  'num_classes', 'dtype', 'attention_chunk'):
       value = get(field, None)
       if value is not None:
         kwargs[field] = tuple(value) if field == 'ppm_scales' else value
@@ -87,6 +95,11 @@ class MMNet(nn.Module):
     get_spec(self.backbone)
     if self.bn_mode not in BN_MODES:
       raise ValueError(f'config.model.bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}')
+    if self.dtype not in DTYPES:
+      raise ValueError(f'config.model.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}')
+    if int(self.attention_chunk) < 0:
+      raise ValueError(f'config.model.attention_chunk must be >= 0 (0 = off), '
+                       f'got {self.attention_chunk}')
     if not self.ppm_scales:
       raise ValueError('config.model.ppm_scales must not be empty')
     for name in ('reduce_dim', 'memory_slots'):
@@ -123,9 +136,10 @@ class MMNet(nn.Module):
 
     use_running_average = not (train and self.bn_mode == 'train')
     frozen = self.freeze_backbone
-    backbone = ResNetBackbone(self.backbone, name='backbone')
-    down_query = MidLevelReduce(self.reduce_dim, self.feature_dropout, name='down_query')
-    down_supp = MidLevelReduce(self.reduce_dim, self.feature_dropout, name='down_supp')
+    dt, chunk, f32 = DTYPES[self.dtype], int(self.attention_chunk), jnp.float32
+    backbone = ResNetBackbone(self.backbone, dtype=dt, name='backbone')
+    down_query = MidLevelReduce(self.reduce_dim, self.feature_dropout, dtype=dt, name='down_query')
+    down_supp = MidLevelReduce(self.reduce_dim, self.feature_dropout, dtype=dt, name='down_supp')
 
     # Query: one backbone pass (its own BN statistics, as the original).
     q2, q3, q4 = (backbone_output(f, frozen) for f in backbone(query_img, use_running_average))
@@ -143,23 +157,24 @@ class MMNet(nn.Module):
       masks_feat.append(mask_k)  # (B, hs, ws) soft mask
 
     # Foreground confidence map (prior): per-shot mask, mean over shots. The original computes
-    # it under torch.no_grad, so no gradient reaches layer4 even with a trainable backbone.
-    prior = jnp.mean(jnp.stack([confidence_map(q4, s4, m) for s4, m in
+    # it under torch.no_grad, so no gradient reaches layer4 even with a trainable backbone
+    # (stopped at its inputs: the same values and gradients, and nothing kept for backward).
+    sg = jax.lax.stop_gradient
+    prior = jnp.mean(jnp.stack([confidence_map(sg(q4), sg(s4), sg(m), chunk) for s4, m in
                                 zip(support_l4, masks_feat)], axis=1), axis=1)  # (B, h, w)
-    prior = jax.lax.stop_gradient(prior)
 
     # Meta-class memory and activation propagation.
     slots = memory_lib.MetaClassMemory(self.reduce_dim, self.memory_slots, name='memory')()
     c = self.reduce_dim
-    query_flat = query_mid.reshape(b, feat_h * feat_w, c)
+    query_flat = query_mid.reshape(b, feat_h * feat_w, c).astype(f32)
     query_act = memory_lib.activations(query_flat, slots)  # (B, HW_q, N)
-    support_flats = [s.reshape(b, -1, c) for s in support_mids]
-    recon_loss = memory_lib.reconstruction_loss(support_flats[0], slots)
+    support_flats = [s.reshape(b, -1, c).astype(f32) for s in support_mids]
+    recon_loss = memory_lib.reconstruction_loss(support_flats[0], slots, chunk)
     apm_masks = [masks_feat[-1]] * k_shots if self.kshot_mask_compat else masks_feat
     props, quals = [], []
     for s_flat, m in zip(support_flats, apm_masks):
       p_k, q_k = propagation.propagate(query_act, memory_lib.activations(s_flat, slots),
-                                       m.reshape(b, -1))
+                                       m.reshape(b, -1), chunk)
       props.append(p_k)
       quals.append(q_k)
     query_map, weights = propagation.combine_shots(
@@ -169,7 +184,7 @@ class MMNet(nn.Module):
     self.sow('intermediates', 'quality_weights', weights.reshape(b, k_shots, feat_h, feat_w))
 
     logits, aux_logits = FEMDecoder(self.ppm_scales, self.reduce_dim, self.num_classes,
-                                    self.head_dropout, name='decoder')(
+                                    self.head_dropout, dtype=dt, name='decoder')(
                                         query_map, prior[..., None], train)
     logits = resize_bilinear_align_corners(logits, (h_in, w_in))
     return {'logits': logits, 'aux_logits': aux_logits, 'recon_loss': recon_loss}

@@ -9,30 +9,37 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mmnet_jax.models import chunked
 from mmnet_jax.models.cosine import l2_norm
 
 COSINE_EPS = 1e-7
 
 
-def confidence_map(query_feat: jax.Array, support_feat: jax.Array,
-                   support_mask: jax.Array) -> jax.Array:
-  """One shot's prior.
+def confidence_map(query_feat: jax.Array, support_feat: jax.Array, support_mask: jax.Array,
+                   chunk: int = 0) -> jax.Array:
+  """One shot's prior, computed in float32.
 
   Args:
     query_feat: (B, h, w, C) query layer4 features.
     support_feat: (B, hs, ws, C) support layer4 features (of layer3 * mask).
     support_mask: (B, hs, ws) soft support mask at feature resolution.
+    chunk: > 0 computes the (HW_s, HW_q) cosines for that many query pixels at a time.
   Returns:
     (B, h, w) confidence in [0, 1).
   """
+  f32 = jnp.float32
   b, h, w, c = query_feat.shape
-  q = query_feat.reshape(b, h * w, c)  # (B, HW_q, C)
-  s = (support_feat * support_mask[..., None]).reshape(b, -1, c)  # (B, HW_s, C)
-  q_norm = l2_norm(q, axis=-1)  # (B, HW_q)
+  q = query_feat.astype(f32).reshape(b, h * w, c)  # (B, HW_q, C)
+  s = (support_feat.astype(f32) * support_mask.astype(f32)[..., None]).reshape(b, -1, c)
   s_norm = l2_norm(s, axis=-1)  # (B, HW_s)
-  dots = jnp.einsum('bsc,bqc->bsq', s, q)  # (B, HW_s, HW_q)
-  sim = dots / (s_norm[:, :, None] * q_norm[:, None, :] + COSINE_EPS)
-  sim = jnp.max(sim, axis=1)  # (B, HW_q)
+
+  def rows(q_rows):  # (B, R, C) -> (B, R): best cosine over support pixels
+    q_norm = l2_norm(q_rows, axis=-1)  # (B, R)
+    dots = jnp.einsum('bsc,bqc->bsq', s, q_rows)  # (B, HW_s, R)
+    sim = dots / (s_norm[:, :, None] * q_norm[:, None, :] + COSINE_EPS)
+    return jnp.max(sim, axis=1)
+
+  sim = chunked.map_rows(rows, q, chunk)  # (B, HW_q)
   lo = jnp.min(sim, axis=1, keepdims=True)
   hi = jnp.max(sim, axis=1, keepdims=True)
   sim = (sim - lo) / (hi - lo + COSINE_EPS)
