@@ -1,8 +1,12 @@
 """mmnet_jax entry point: `python main.py --config=configs/synth_1shot.py --workdir=DIR`.
 
 Modes: train (train, then evaluate the selected checkpoint), eval (restore and evaluate),
-summary (per-module parameter table). All logic lives in mmnet_jax/.
+summary (per-module parameter table), predict (segment --query from --support IMG:MASK pairs
+with the workdir's checkpoint; writes --output and OUT_overlay.png). All logic lives in
+mmnet_jax/.
 """
+
+import sys
 
 from absl import app
 from absl import flags
@@ -16,13 +20,27 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and results.')
 _MODE = flags.DEFINE_enum('mode', 'train', cli.MODES, 'What to run.')
+_SUPPORT = flags.DEFINE_multi_string(
+    'support', [], 'predict: a support IMAGE:MASK pair (repeat for K shots).')
+_QUERY = flags.DEFINE_string('query', None, 'predict: the query image.')
+_OUTPUT = flags.DEFINE_string(
+    'output', None, 'predict: the mask PNG to write (0/255); the overlay goes beside it.')
+_MASK_CLASS = flags.DEFINE_integer(
+    'mask_class', None, 'predict: foreground class id in the support masks (default nonzero).')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)   # orbax and TFDS log every step at INFO
-  cli.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
+  predict_args = {'supports': _SUPPORT.value, 'query': _QUERY.value, 'output': _OUTPUT.value,
+                  'mask_class': _MASK_CLASS.value}
+  try:
+    cli.run(_MODE.value, _CONFIG.value, _WORKDIR.value, predict_args=predict_args)
+  except (FileNotFoundError, ValueError) as e:
+    if _MODE.value != 'predict':
+      raise
+    sys.exit(f'error: {e}')   # a bad file or flag: the message, not a traceback
 
 
 if __name__ == '__main__':

@@ -9,7 +9,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')   # before TensorFlow is firs
 import jax
 import ml_collections
 
-MODES = ('train', 'eval', 'summary')
+MODES = ('train', 'eval', 'summary', 'predict')
 
 
 def initialize_distributed() -> None:
@@ -20,8 +20,13 @@ def initialize_distributed() -> None:
     pass   # single host, no cluster environment
 
 
-def run(mode: str, config: ml_collections.ConfigDict, workdir: str | None):
-  """Runs one mode; returns its result (results dict or the summary text)."""
+def run(mode: str, config: ml_collections.ConfigDict, workdir: str | None,
+        predict_args: dict | None = None):
+  """Runs one mode; returns its result (results dict, summary text or prediction paths).
+
+  `predict_args` (mode 'predict'): {'supports': ['IMG:MASK', ...], 'query': path,
+  'output': path, 'mask_class': int or None}.
+  """
   if mode == 'summary':
     from mmnet_jax import train
     from mmnet_jax.models import mmnet, summary
@@ -39,4 +44,16 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str | None):
   if mode == 'eval':
     from mmnet_jax import evaluate
     return evaluate.evaluate_workdir(config, workdir)
+  if mode == 'predict':
+    from mmnet_jax import predict
+    args = dict(predict_args or {})
+    for key in ('supports', 'query', 'output'):
+      if not args.get(key):
+        flag = '--support IMG:MASK' if key == 'supports' else f'--{key}'
+        raise ValueError(f'--mode=predict needs {flag}')
+    out = predict.predict_files(config, workdir, args['supports'], args['query'],
+                                args['output'], mask_class=args.get('mask_class'))
+    print(f'wrote {out["mask"]} and {out["overlay"]} ({out["shots"]}-shot, step {out["step"]}; '
+          f'foreground {100 * out["foreground_fraction"]:.1f}% of the query)', flush=True)
+    return out
   raise ValueError(f'unknown --mode={mode!r}; expected one of {MODES}')

@@ -1,0 +1,226 @@
+"""Few-shot prediction on your own images: `python main.py --mode=predict ...`.
+
+Each image goes through the evaluation pad-resize (`augment.eval_resize`: the longer side to
+config.eval.size, pasted top-left on a square canvas), the model's logit difference is
+bilinearly upsampled (align corners) to a square of side max(h, w) and cropped to the query's
+(h, w): exactly how evaluation scores a query (`evaluate.score_batch`), so a prediction here
+equals the one evaluation would score for the same episode.
+
+Masks are image files: nonzero pixels are the foreground, or, with `mask_class=N`, pixels equal
+to N (e.g. one class of a VOC palette PNG; 255 stays "ignore", which the model, like
+evaluation, treats as background). Any number of supports K >= 1 works; a checkpoint trained
+for config.shots supports is most accurate with that many, so another K only logs a warning.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from mmnet_jax import metrics
+from mmnet_jax.data import augment
+
+OVERLAY_SUFFIX = '_overlay'
+OVERLAY_COLOR = np.array([255, 40, 40], np.float32)   # red foreground tint
+OVERLAY_ALPHA = 0.5
+
+
+def load_image(path: str, what: str = 'image') -> np.ndarray:
+  """uint8 (h, w, 3) RGB from an image file; clear errors for a missing or unreadable file."""
+  from PIL import Image, UnidentifiedImageError
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{what} {path!r}: no such file')
+  try:
+    with Image.open(path) as im:
+      return np.asarray(im.convert('RGB'), np.uint8)
+  except (UnidentifiedImageError, OSError) as e:
+    raise ValueError(f'{what} {path!r} is not a readable image file: {e}') from e
+
+
+def load_mask(path: str, mask_class: int | None = None, what: str = 'mask') -> np.ndarray:
+  """uint8 (h, w) label: 1 foreground, 0 background (255 ignore with `mask_class`).
+
+  Without `mask_class`, every nonzero pixel is foreground (a binary PNG, 0/1 or 0/255; colour
+  masks count a pixel whose channels are not all zero). With it, a palette or grayscale PNG is
+  read as class ids and pixels equal to `mask_class` are the foreground.
+  """
+  from PIL import Image, UnidentifiedImageError
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{what} {path!r}: no such file')
+  try:
+    with Image.open(path) as im:
+      if mask_class is None:
+        values = np.asarray(im.convert('RGB') if im.mode not in ('1', 'L', 'P', 'I', 'I;16')
+                            else im)
+      else:
+        if im.mode not in ('1', 'L', 'P', 'I', 'I;16'):
+          raise ValueError(f'{what} {path!r}: --mask_class needs a palette or grayscale PNG of '
+                           f'class ids, got mode {im.mode}')
+        values = np.asarray(im)
+  except (UnidentifiedImageError, OSError) as e:
+    raise ValueError(f'{what} {path!r} is not a readable image file: {e}') from e
+  if mask_class is None:
+    fg = values.any(axis=-1) if values.ndim == 3 else values != 0
+    return fg.astype(np.uint8)
+  label = (values == mask_class).astype(np.uint8)
+  label[values == augment.IGNORE_LABEL] = augment.IGNORE_LABEL
+  return label
+
+
+def check_support(image: np.ndarray, mask: np.ndarray, name: str) -> None:
+  """Raises ValueError when a support's mask size differs from its image or has no foreground."""
+  if mask.shape != image.shape[:2]:
+    raise ValueError(f'{name}: mask is {mask.shape[0]}x{mask.shape[1]} (h x w) but its image is '
+                     f'{image.shape[0]}x{image.shape[1]}; they must be the same size')
+  if not np.any(mask == 1):
+    raise ValueError(f'{name}: the mask has no foreground pixels (an empty support mask '
+                     'gives the model nothing to match)')
+
+
+def prepare_inputs(config: ml_collections.ConfigDict, support_images: Sequence[np.ndarray],
+                   support_masks: Sequence[np.ndarray], query_image: np.ndarray) -> dict:
+  """The model batch of one episode (B = 1) after the evaluation pad-resize."""
+  if len(support_images) != len(support_masks):
+    raise ValueError(f'{len(support_images)} support images but {len(support_masks)} masks')
+  if not support_images:
+    raise ValueError('at least one support (image and mask) is needed')
+  size = int(config.eval.size)
+  fill = config.eval.get('pad_fill', 'black') or 'black'
+  imgs, labels = [], []
+  for k, (image, mask) in enumerate(zip(support_images, support_masks)):
+    image, mask = np.asarray(image), np.asarray(mask, np.uint8)
+    check_support(image, mask, f'support {k}')
+    img, lbl, _ = augment.eval_resize(image, mask, size, fill)
+    imgs.append(img)
+    labels.append(lbl)
+  query_image = np.asarray(query_image)
+  dummy = np.zeros(query_image.shape[:2], np.uint8)
+  query_img, _, _ = augment.eval_resize(query_image, dummy, size, fill)
+  return {'query_img': query_img[None],                              # (1, H, W, 3)
+          'support_imgs': np.stack(imgs)[None],                      # (1, K, H, W, 3)
+          'support_labels': np.stack(labels).astype(np.int32)[None]}  # (1, K, H, W)
+
+
+_STEPS = {}
+
+
+def _eval_step(config: ml_collections.ConfigDict, model):
+  """The evaluation step (jit) for `model`, cached per model config."""
+  from mmnet_jax import evaluate
+  key = repr(sorted(config.model.to_dict().items()))
+  if key not in _STEPS:
+    _STEPS[key] = jax.jit(evaluate.make_eval_step(model))
+  return _STEPS[key]
+
+
+def predict(config: ml_collections.ConfigDict, variables: dict,
+            support_images: Sequence[np.ndarray], support_masks: Sequence[np.ndarray],
+            query_image: np.ndarray, model=None) -> np.ndarray:
+  """The query's foreground mask, uint8 (h, w) in {0, 1}, at the query's original size.
+
+  Args:
+    config: the run's config (config.model builds the model; config.eval.size and
+      config.eval.pad_fill set the pad-resize).
+    variables: {'params', 'batch_stats'} (e.g. from `restore`).
+    support_images: K uint8 (h_k, w_k, 3) RGB images (grayscale (h, w) is accepted).
+    support_masks: K (h_k, w_k) labels: 1 foreground, 0 background, 255 ignore.
+    query_image: uint8 (h, w, 3) RGB.
+    model: the built MMNet (default: built from config.model).
+  """
+  if model is None:
+    from mmnet_jax.models import mmnet
+    model = mmnet.build_model(config.model)
+  if len(support_images) != config.shots:
+    logging.warning('predicting with %d supports; the model was trained with config.shots=%d',
+                    len(support_images), config.shots)
+  batch = prepare_inputs(config, support_images, support_masks, query_image)
+  diff = np.asarray(jax.device_get(_eval_step(config, model)(variables, batch)))[0]  # (H, W)
+  h, w = np.asarray(query_image).shape[:2]
+  return metrics.predict_at_size(diff, max(h, w))[:h, :w]
+
+
+def restore(config: ml_collections.ConfigDict, workdir: str):
+  """(variables, model, step, which) of the checkpoint evaluation would use (best, else latest)."""
+  from mmnet_jax import evaluate
+  from mmnet_jax.models import mmnet
+  model = mmnet.build_model(config.model)
+  variables, step, which = evaluate.restore_for_eval(config, workdir, model)
+  return variables, model, step, which
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+  """uint8 (h, w, 3): `image` tinted red where `mask` is foreground, with a white outline."""
+  image = augment.to_rgb(image)
+  fg = np.asarray(mask) == 1
+  out = image.copy()
+  out[fg] = (1 - alpha) * image[fg] + alpha * OVERLAY_COLOR
+  # Outline: foreground pixels with a background 4-neighbour.
+  pad = np.pad(fg, 1, mode='edge')
+  inner = pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:]
+  out[fg & ~inner] = 255.0
+  return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def overlay_path(output: str) -> str:
+  """OUT.png -> OUT_overlay.png (beside the mask)."""
+  root, ext = os.path.splitext(output)
+  return root + OVERLAY_SUFFIX + (ext or '.png')
+
+
+def parse_support(spec: str) -> tuple[str, str]:
+  """'IMG:MASK' -> (IMG, MASK); the last ':' splits, so image paths may contain ':'."""
+  image, sep, mask = spec.rpartition(':')
+  if not sep or not image or not mask:
+    raise ValueError(f'--support {spec!r}: expected IMAGE:MASK (two file paths joined by ":")')
+  return image, mask
+
+
+def predict_files(config: ml_collections.ConfigDict, workdir: str,
+                  supports: Sequence[tuple[str, str] | str], query: str, output: str,
+                  mask_class: int | None = None, variables: dict | None = None) -> dict:
+  """Predicts the query file's mask and writes OUT (mask) and OUT_overlay (query + mask).
+
+  Args:
+    config: the run's config.
+    workdir: the training run whose checkpoint is used (ignored when `variables` is given).
+    supports: (image path, mask path) pairs or 'IMG:MASK' strings.
+    query: the query image path.
+    output: the mask PNG to write (0 background, 255 foreground, the query's size); the
+      overlay goes beside it as OUT_overlay.png.
+    mask_class: class id of the foreground in the support masks (default: nonzero).
+    variables: model variables to use instead of restoring `workdir`'s checkpoint.
+
+  Returns:
+    {'mask': path, 'overlay': path, 'foreground_fraction': float, 'shots': K, 'step': int|None}
+  """
+  from PIL import Image
+  pairs = [parse_support(s) if isinstance(s, str) else tuple(s) for s in supports]
+  if not pairs:
+    raise ValueError('give at least one --support IMAGE:MASK')
+  images, masks = [], []
+  for k, (image_path, mask_path) in enumerate(pairs):
+    image = load_image(image_path, f'support {k} image')
+    mask = load_mask(mask_path, mask_class, f'support {k} mask')
+    check_support(image, mask, f'support {k} ({image_path}, {mask_path})')
+    images.append(image)
+    masks.append(mask)
+  query_image = load_image(query, 'query image')
+  if not output:
+    raise ValueError('--output is required: the mask PNG to write')
+  step, model = None, None
+  if variables is None:
+    variables, model, step, which = restore(config, workdir)
+    logging.info('predicting with the %s checkpoint of %s at step %d', which, workdir, step)
+  mask = predict(config, variables, images, masks, query_image, model=model)
+  out_dir = os.path.dirname(os.path.abspath(output))
+  os.makedirs(out_dir, exist_ok=True)
+  Image.fromarray(mask * np.uint8(255)).save(output)
+  over = overlay_path(output)
+  Image.fromarray(overlay(query_image, mask)).save(over)
+  return {'mask': output, 'overlay': over, 'foreground_fraction': float(mask.mean()),
+          'shots': len(pairs), 'step': step}
