@@ -1,12 +1,18 @@
-"""Evaluation under the PFENet / MM-Net protocol and `--mode=eval` from a workdir.
+"""Evaluation under the protocol of config.eval.protocol, and `--mode=eval` from a workdir.
 
-Episodes come from a fixed seed (config.eval.seed); images are pad-resized to config.eval.size
-(one compilation); logits are scored at the ORIGINAL label size, padded to a square with 255,
-with 255 ignored (metrics.py). The two shortcut baselines are scored on the same episodes.
+The protocol (mmnet_jax/protocols.py, docs/protocols.md) fixes the episode rule, the number of
+episodes, the seeds and the scoring. 'original' scoring (PFENet, MM-Net, BAM): images are
+pad-resized to config.eval.size (one compilation) and the logits are scored at the ORIGINAL
+label size, padded to a square with 255. 'stretch' scoring (HSNet): images and labels are
+stretched to the protocol's square and scored there, or (hsnet_original_size) at the original
+(h, w). 255 is always ignored (metrics.py). The two shortcut baselines are scored on the same
+episodes. Every evaluation of `evaluate_workdir` saves its episode lists (one file per seed), and
+config.eval.episodes_file evaluates a saved list again, exactly.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -18,8 +24,10 @@ import numpy as np
 from mmnet_jax import baselines
 from mmnet_jax import checkpoint
 from mmnet_jax import metrics
+from mmnet_jax import protocols
 from mmnet_jax import sharding
 from mmnet_jax import workdir_io
+from mmnet_jax.data import augment
 from mmnet_jax.data import datasets
 from mmnet_jax.data import episodes as episodes_lib
 from mmnet_jax.data import pipeline
@@ -43,17 +51,127 @@ def make_eval_step(model):
   return eval_step
 
 
+def predict_at_hw(logit_diff: np.ndarray, h: int, w: int) -> np.ndarray:
+  """Foreground prediction at (h, w) from a (H, W) logit difference (align-corners upsampling,
+  ties to background); `metrics.predict_at_size` for a non-square target."""
+  logit_diff = np.asarray(logit_diff, np.float64)
+  rows = metrics.align_corners_matrix(logit_diff.shape[0], h)   # (h, H)
+  cols = metrics.align_corners_matrix(logit_diff.shape[1], w)   # (w, W)
+  return (rows @ logit_diff @ cols.T > 0).astype(np.uint8)
+
+
 def score_batch(totals: metrics.SegmentationTotals, batch: dict,
                 logit_diff: np.ndarray) -> metrics.SegmentationTotals:
-  """Adds every valid episode of a host batch, scored at its original label size."""
+  """Adds every valid episode of a host batch, scored at its label size.
+
+  The label is `eval_label[i, :S, :S]` (S = eval_label_size, PFENet's padded square) or, when
+  the batch has `eval_label_hw` (stretch scoring), `eval_label[i, :h, :w]`.
+  """
   for i in range(logit_diff.shape[0]):
     if not batch['valid'][i]:
       continue
-    size = int(batch['eval_label_size'][i])
-    label = batch['eval_label'][i, :size, :size]
-    pred = metrics.predict_at_size(logit_diff[i], size)
+    if 'eval_label_hw' in batch:
+      h, w = (int(v) for v in batch['eval_label_hw'][i])
+      label = batch['eval_label'][i, :h, :w]
+      pred = predict_at_hw(logit_diff[i], h, w)
+    else:
+      size = int(batch['eval_label_size'][i])
+      label = batch['eval_label'][i, :size, :size]
+      pred = metrics.predict_at_size(logit_diff[i], size)
     totals = totals.add(int(batch['class_id'][i]), *metrics.intersection_union(pred, label))
   return totals
+
+
+def stretch_pair(image: np.ndarray, label: np.ndarray, size: int):
+  """HSNet's test transform of one (image, binarised label) pair: both stretched to
+  size x size (aspect ratio not kept), the image bilinearly, the label by nearest neighbour.
+
+  Returns (float32 (size, size, 3) normalised image, uint8 (size, size) label).
+  """
+  image = augment.to_rgb(image).astype(np.float32)
+  label = np.asarray(label, np.uint8)
+  return (augment.normalise(augment.resize_bilinear(image, size, size)).astype(np.float32),
+          augment.resize_nearest(label, size, size))
+
+
+def stretch_eval_batch(split, episode_list, size: int, label_side: int, original: bool,
+                       positions) -> dict:
+  """The eval batch of `positions` under HSNet's stretch scoring (pure; numpy arrays).
+
+  Keys as `pipeline.eval_batch`, plus `eval_label_hw` (B, 2): the scored label is
+  `eval_label[i, :h, :w]`, the stretched label (h = w = size) or, with `original`, the
+  binarised original label. Positions past the end repeat the last episode with valid=False.
+  """
+  if not episode_list:
+    raise ValueError('stretch_eval_batch: the episode list is empty')
+  b, k = len(positions), len(episode_list[0].support_indices)
+  out = {
+      'query_img': np.empty((b, size, size, 3), np.float32),
+      'query_label': np.empty((b, size, size), np.int32),
+      'support_imgs': np.empty((b, k, size, size, 3), np.float32),
+      'support_labels': np.empty((b, k, size, size), np.int32),
+      'class_id': np.empty((b,), np.int32),
+      'query_index': np.empty((b,), np.int32),
+      'support_index': np.empty((b, k), np.int32),
+      'eval_label': np.full((b, label_side, label_side), augment.IGNORE_LABEL, np.uint8),
+      'eval_label_size': np.empty((b,), np.int32),
+      'eval_label_hw': np.empty((b, 2), np.int32),
+      'valid': np.empty((b,), bool),
+  }
+  for i, pos in enumerate(positions):
+    valid = pos < len(episode_list)
+    ep = episode_list[pos if valid else -1]
+    if len(ep.support_indices) != k:
+      raise ValueError(f'episode {pos} has {len(ep.support_indices)} supports, episode 0 has {k}')
+    image, label = split.load(ep.query_index)
+    label = episodes_lib.binarise(label, ep.class_id)
+    out['query_img'][i], out['query_label'][i] = stretch_pair(image, label, size)
+    scored = label if original else out['query_label'][i]
+    h, w = scored.shape
+    if max(h, w) > label_side:
+      raise ValueError(f'query {split.image_ids[ep.query_index]!r} of {split.name}/{split.split} '
+                       f'has a {h}x{w} label; eval.max_label_size={label_side} must be >= '
+                       f'{max(h, w)}')
+    out['eval_label'][i, :h, :w] = scored
+    out['eval_label_size'][i] = max(h, w)
+    out['eval_label_hw'][i] = (h, w)
+    for j, s in enumerate(ep.support_indices):
+      image, label = split.load(s)
+      out['support_imgs'][i, j], out['support_labels'][i, j] = stretch_pair(
+          image, episodes_lib.binarise(label, ep.class_id), size)
+    out['class_id'][i] = ep.class_id
+    out['query_index'][i] = ep.query_index
+    out['support_index'][i] = ep.support_indices
+    out['valid'][i] = valid
+  return out
+
+
+def stretch_eval_dataset(split, episode_list, config, resolved: protocols.Resolved,
+                         host_batch_size: int, process_index: int = 0,
+                         process_count: int = 1):
+  """Host batches of `stretch_eval_batch` over `episode_list` in order (tf.data, as
+  `pipeline.eval_dataset`: global batch n holds episodes [n * G, (n + 1) * G), this process
+  builds rows [p * host_batch, (p + 1) * host_batch))."""
+  global_batch = int(config.eval.batch_size)
+  if host_batch_size * process_count != global_batch:
+    raise ValueError(f'eval.batch_size={global_batch} must equal host_batch_size '
+                     f'({host_batch_size}) x process_count ({process_count})')
+  rows = range(process_index * host_batch_size, (process_index + 1) * host_batch_size)
+  original = resolved.scoring == 'stretch_original'
+  size = resolved.input_size
+  side = int(config.eval.max_label_size) if original else size
+
+  def make(n):
+    return stretch_eval_batch(split, episode_list, size, side, original,
+                              [int(n) * global_batch + r for r in rows])
+
+  example = {k: np.empty((len(rows),) + v.shape[1:], v.dtype)
+             for k, v in stretch_eval_batch(split, episode_list[:1], size, side, original,
+                                            [0]).items()}
+  tf = pipeline._tf()
+  num_batches = math.ceil(len(episode_list) / global_batch)
+  # pipeline's private stream helper: the same parallel, ordered, closable tf.data stream.
+  return pipeline._as_numpy_stream(tf, tf.data.Dataset.range(num_batches), make, example)
 
 
 def baseline_logit_diff(fn, batch: dict) -> np.ndarray:
@@ -69,41 +187,107 @@ def merge_processes(totals: metrics.SegmentationTotals, classes) -> metrics.Segm
   return metrics.totals_from_vector(vector, classes)
 
 
+def episodes_filename(seed: int, num_seeds: int) -> str:
+  """The episode file of one run in a workdir: `eval_episodes.json` for a one-seed protocol,
+  `eval_episodes_seed{seed}.json` for each seed of a several-seed one."""
+  return EPISODES_FILE if num_seeds == 1 else f'eval_episodes_seed{seed}.json'
+
+
+def aggregate_runs(runs: list[dict]) -> dict:
+  """One result from the per-seed summaries `runs` (each with 'seed').
+
+  One run: that run's summary. Several: mIoU, FB-IoU, per-class IoU and mean episode IoU are
+  the means over the runs, `miou_std` / `fb_iou_std` their sample standard deviations
+  (ddof=1), and `per_seed` keeps every run (baselines likewise, under `baselines`).
+  """
+  if not runs:
+    raise ValueError('aggregate_runs: no runs')
+  if len(runs) == 1:
+    return dict(runs[0], seeds=[runs[0]['seed']])
+
+  def combine(items):
+    miou = np.array([r['miou'] for r in items])
+    fb = np.array([r['fb_iou'] for r in items])
+    classes = sorted({c for r in items for c in r['class_iou']}, key=int)
+    return {
+        'miou': float(miou.mean()), 'miou_std': float(miou.std(ddof=1)),
+        'fb_iou': float(fb.mean()), 'fb_iou_std': float(fb.std(ddof=1)),
+        'class_iou': {c: float(np.mean([r['class_iou'][c] for r in items
+                                        if c in r['class_iou']])) for c in classes},
+        'mean_episode_iou': float(np.mean([r['mean_episode_iou'] for r in items])),
+        'classes_without_episodes': sorted(
+            set.intersection(*(set(r['classes_without_episodes']) for r in items))),
+    }
+
+  out = combine(runs)
+  out.update(episodes=runs[0]['episodes'], total_episodes=sum(r['episodes'] for r in runs),
+             seconds=sum(r.get('seconds', 0.0) for r in runs),
+             seeds=[r['seed'] for r in runs], per_seed=runs)
+  if 'baselines' in runs[0]:
+    out['baselines'] = {name: combine([r['baselines'][name] for r in runs])
+                        for name in runs[0]['baselines']}
+  return out
+
+
 class Evaluator:
-  """Evaluates model variables on the fold's test classes of the val split."""
+  """Evaluates model variables on the fold's test classes of the val split under the
+  protocol of config.eval (`protocols.resolve`)."""
 
   def __init__(self, config: ml_collections.ConfigDict, model, mesh, test_classes):
     self.config = config
     self.mesh = mesh
     self.test_classes = list(test_classes)
+    self.protocol = protocols.resolve(config)
     self.split = datasets.open_split(config.dataset, 'val')
     self.pool = episodes_lib.build_pool(self.split, self.test_classes,
                                         min_class_pixels=config.dataset.min_class_pixels)
     self._step = jax.jit(make_eval_step(model))
     self._host_batch = sharding.host_batch_size(config.eval.batch_size, mesh)
+    self._file = None   # (episodes, meta) of eval.episodes_file, read on first use
 
-  def episodes(self, num_episodes: int):
-    """The protocol's episode list: fixed by config.eval.seed."""
-    return episodes_lib.eval_episodes(self.pool, self.config.shots, num_episodes,
-                                      self.config.eval.seed)
+  def file_episodes(self):
+    """(episodes, meta) of config.eval.episodes_file, checked against split, shots, classes."""
+    if self._file is None:
+      self._file = episodes_lib.load_episodes(self.protocol.episodes_file, self.split,
+                                              shots=int(self.config.shots),
+                                              classes=self.test_classes)
+    return self._file
+
+  def episodes(self, num_episodes: int | None = None, seed: int | None = None):
+    """The protocol's episode list for `seed` (default: the protocol's first seed), or the
+    first `num_episodes` of config.eval.episodes_file when one is set."""
+    if self.protocol.episodes_file:
+      episode_list = self.file_episodes()[0]
+      return episode_list[:num_episodes] if num_episodes else episode_list
+    return episodes_lib.sample_eval_episodes(
+        self.pool, self.protocol.sampling, int(self.config.shots),
+        num_episodes or self.protocol.num_episodes,
+        self.protocol.seeds[0] if seed is None else seed)
+
+  def _stream(self, episode_list):
+    if self.protocol.scoring == 'original':
+      return pipeline.eval_dataset(self.split, episode_list, self.config,
+                                   host_batch_size=self._host_batch,
+                                   process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+    return stretch_eval_dataset(self.split, episode_list, self.config, self.protocol,
+                                self._host_batch, jax.process_index(), jax.process_count())
 
   def evaluate(self, variables, num_episodes: int | None = None, with_baselines: bool = False,
                episode_list=None, on_batch=None) -> dict:
-    """Scores `variables` (and optionally the baselines) on the protocol's episodes.
+    """Scores `variables` (and optionally the baselines) on one episode list (default: the
+    protocol's first seed, `num_episodes` or the protocol's count).
 
     `on_batch(host_batch, logit_diff)`, if given, sees every host batch with the model's
     (B, H, W) logit differences (e.g. to draw episode pictures).
     """
     if episode_list is None:
-      episode_list = self.episodes(num_episodes or self.config.eval.num_episodes)
+      episode_list = self.episodes(num_episodes)
     variables = sharding.replicate(variables, self.mesh)
     totals = metrics.SegmentationTotals()
     base_totals = {name: metrics.SegmentationTotals() for name in BASELINES}
     start = time.perf_counter()
-    stream = pipeline.eval_dataset(self.split, episode_list, self.config,
-                                   host_batch_size=self._host_batch,
-                                   process_index=jax.process_index(),
-                                   process_count=jax.process_count())
+    stream = self._stream(episode_list)
     for batch in stream:
       model_batch = {k: batch[k] for k in ('query_img', 'support_imgs', 'support_labels')}
       diff = self._step(variables, sharding.to_global(model_batch, self.mesh))
@@ -126,6 +310,34 @@ class Evaluator:
                               for name, t in base_totals.items()}
     return summary
 
+  def evaluate_protocol(self, variables, with_baselines: bool = False, on_batch=None,
+                        episodes_dir: str | None = None) -> dict:
+    """Every run of the protocol (one per seed, or the one of eval.episodes_file), each episode
+    list saved under `episodes_dir` (process 0), aggregated by `aggregate_runs`; the result
+    names the protocol and every parameter (`protocol_params`)."""
+    p = self.protocol
+    meta = {'protocol': p.protocol, 'sampling': p.sampling, 'fold': self.config.dataset.fold,
+            'shots': int(self.config.shots), 'classes': self.test_classes,
+            'min_class_pixels': p.min_class_pixels}
+    runs = []
+    if p.episodes_file:
+      episode_list, file_meta = self.file_episodes()
+      plan = [(file_meta.get('seed'), episode_list, p.episodes_file)]
+    else:
+      plan = [(seed, self.episodes(seed=seed), episodes_filename(seed, len(p.seeds)))
+              for seed in p.seeds]
+    for seed, episode_list, name in plan:
+      if episodes_dir is not None and not p.episodes_file and jax.process_index() == 0:
+        episodes_lib.save_episodes(episode_list, os.path.join(episodes_dir, name), self.split,
+                                   meta=dict(meta, seed=seed))
+      summary = self.evaluate(variables, with_baselines=with_baselines,
+                              episode_list=episode_list, on_batch=on_batch)
+      runs.append(dict(summary, seed=seed, episodes_file=name))
+    results = aggregate_runs(runs)
+    results['protocol_params'] = p.as_dict() | {'episodes_files': [r['episodes_file']
+                                                                   for r in runs]}
+    return results
+
 
 def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, model):
   """Variables of the checkpoint the config selects: best (select_on='test_fold') or latest."""
@@ -147,8 +359,9 @@ def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, model):
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Restores the selected checkpoint of `workdir`, evaluates it (with the baselines on the
-  same episodes), saves the episode list and writes `results.json`."""
+  """Restores the selected checkpoint of `workdir`, evaluates it under the config's protocol
+  (with the baselines on the same episodes), saves the episode lists (one file per seed) and
+  writes `results.json`."""
   from mmnet_jax.models import mmnet
   model = mmnet.build_model(config.model)
   mesh = sharding.make_mesh()
@@ -157,17 +370,13 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
       coco_convention=config.dataset.coco_convention)
   variables, step, which = restore_for_eval(config, workdir, model)
   evaluator = Evaluator(config, model, mesh, test_classes)
-  episode_path = os.path.join(workdir, EPISODES_FILE)
-  episode_list = evaluator.episodes(config.eval.num_episodes)
-  if jax.process_index() == 0:
-    episodes_lib.save_episodes(episode_list, episode_path, evaluator.split,
-                               meta={'protocol': config.eval.protocol, 'seed': config.eval.seed,
-                                     'fold': config.dataset.fold, 'shots': config.shots})
-  summary = evaluator.evaluate(variables, with_baselines=config.eval.baselines,
-                               episode_list=episode_list)
+  summary = evaluator.evaluate_protocol(variables, with_baselines=config.eval.baselines,
+                                        episodes_dir=workdir)
+  files = summary['protocol_params']['episodes_files']
   results = dict(summary, step=step, checkpoint=which, selection=config.eval.select_on,
                  protocol=config.eval.protocol, dataset=config.dataset.name,
-                 fold=config.dataset.fold, shots=config.shots, episodes_file=EPISODES_FILE)
+                 fold=config.dataset.fold, shots=config.shots,
+                 episodes_file=files[0] if len(files) == 1 else files)
   if jax.process_index() == 0:
     workdir_io.write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
     print(format_results(results), flush=True)
@@ -175,16 +384,24 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def format_results(results: dict) -> str:
-  """A per-class table with the model and the baselines side by side."""
+  """A per-class table with the model and the baselines side by side (means over seeds, with
+  the standard deviation and the per-seed values when several seeds ran)."""
   names = ['model'] + list(results.get('baselines', {}))
   rows = [f'{"class":>8}' + ''.join(f'{n:>20}' for n in names)]
   for c, iou in results['class_iou'].items():
     row = [iou] + [results['baselines'][n]['class_iou'].get(c, float('nan')) for n in names[1:]]
     rows.append(f'{c:>8}' + ''.join(f'{v:>20.2f}' for v in row))
   for key, label in (('miou', 'mIoU'), ('fb_iou', 'FB-IoU')):
-    row = [results[key]] + [results['baselines'][n][key] for n in names[1:]]
-    rows.append(f'{label:>8}' + ''.join(f'{v:>20.2f}' for v in row))
+    cells = []
+    for source in [results] + [results['baselines'][n] for n in names[1:]]:
+      std = source.get(f'{key}_std')
+      cells.append(f'{source[key]:.2f}' + (f' +- {std:.2f}' if std is not None else ''))
+    rows.append(f'{label:>8}' + ''.join(f'{v:>20}' for v in cells))
+  for run in results.get('per_seed', []):
+    rows.append(f'seed {run["seed"]}: mIoU {run["miou"]:.2f}, FB-IoU {run["fb_iou"]:.2f}')
+  seeds = results.get('seeds', [])
   header = (f'{results["dataset"]} fold {results["fold"]}, {results["shots"]}-shot, '
-            f'{results["episodes"]} episodes ({results["protocol"]} protocol), '
+            f'{results["episodes"]} episodes x {len(seeds)} seed(s) {seeds} '
+            f'({results["protocol"]} protocol), '
             f'{results["checkpoint"]} checkpoint at step {results["step"]}')
   return header + '\n' + '\n'.join(rows)

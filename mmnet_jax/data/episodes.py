@@ -136,18 +136,15 @@ def _is_member(sorted_list: np.ndarray, value: int) -> bool:
   return bool(pos < len(sorted_list) and sorted_list[pos] == value)
 
 
-def sample_episode(pool: Pool, query_pos: int, shots: int, rng: np.random.Generator) -> Episode:
-  """Samples the class and supports of the episode whose query is pool image `query_pos`.
+def draw_supports(pool: Pool, class_id: int, query_index: int, shots: int,
+                  rng: np.random.Generator) -> tuple[int, ...]:
+  """`shots` distinct split indices from class `class_id`'s support list, never `query_index`.
 
-  The class is uniform among `pool.query_classes[query_pos]`; the supports are `shots`
-  distinct images of that class's list, never the query (uniform without replacement, as
-  PFENet's rejection loop).
+  Uniform without replacement, by PFENet's rejection loop (O(shots) draws, no copy of a long
+  class list). Raises ValueError if the list has fewer than `shots` images besides the query.
   """
   if shots < 1:
     raise ValueError(f'shots must be >= 1, got {shots}')
-  query_index = int(pool.indices[query_pos])
-  candidates = pool.query_classes[query_pos]
-  class_id = int(candidates[rng.integers(len(candidates))])
   support_list = pool.support_lists[class_id]
   available = len(support_list) - _is_member(support_list, query_index)
   if available < shots:
@@ -156,12 +153,26 @@ def sample_episode(pool: Pool, query_pos: int, shots: int, rng: np.random.Genera
         f'support images besides query {pool.split.image_ids[query_index]!r}; '
         f'{shots}-shot needs {shots} (class lists need >= shots + 1 images)')
   chosen: list[int] = []
-  # Rejection sampling (PFENet's loop): O(shots) draws, no copy of a long class list.
   while len(chosen) < shots:
     index = int(support_list[rng.integers(len(support_list))])
     if index != query_index and index not in chosen:
       chosen.append(index)
-  return Episode(query_index=query_index, class_id=class_id, support_indices=tuple(chosen))
+  return tuple(chosen)
+
+
+def sample_episode(pool: Pool, query_pos: int, shots: int, rng: np.random.Generator) -> Episode:
+  """Samples the class and supports of the episode whose query is pool image `query_pos`.
+
+  The class is uniform among `pool.query_classes[query_pos]`; the supports are `shots`
+  distinct images of that class's list, never the query (`draw_supports`).
+  """
+  if shots < 1:
+    raise ValueError(f'shots must be >= 1, got {shots}')
+  query_index = int(pool.indices[query_pos])
+  candidates = pool.query_classes[query_pos]
+  class_id = int(candidates[rng.integers(len(candidates))])
+  return Episode(query_index=query_index, class_id=class_id,
+                 support_indices=draw_supports(pool, class_id, query_index, shots, rng))
 
 
 @functools.lru_cache(maxsize=8)
@@ -204,6 +215,77 @@ def eval_episodes(pool: Pool, shots: int, num_episodes: int, seed: int) -> list[
   return [sample_episode(pool, i % len(pool), shots, rng) for i in range(num_episodes)]
 
 
+def query_class_pairs(pool: Pool) -> list[tuple[int, int]]:
+  """HSNet's PASCAL query list: (split index, class) for each pool image in list order and
+  each class of its own support lists (>= min_class_pixels), classes ascending.
+
+  An image with two large novel classes is two queries, one per class; a class present below
+  the size rule is never a query class (unlike PFENet's query-class rule).
+  """
+  pairs = []
+  for index in pool.indices.tolist():
+    for c in pool.classes:
+      if _is_member(pool.support_lists[c], index):
+        pairs.append((int(index), int(c)))
+  return pairs
+
+
+def pair_order_episodes(pool: Pool, shots: int, num_episodes: int, seed: int) -> list[Episode]:
+  """HSNet PASCAL test episodes: episode i uses pair i mod P of `query_class_pairs` (list
+  order, cycling); supports from default_rng(seed), in episode order."""
+  pairs = query_class_pairs(pool)
+  rng = np.random.default_rng(int(seed))
+  out = []
+  for i in range(num_episodes):
+    query_index, class_id = pairs[i % len(pairs)]
+    out.append(Episode(query_index=query_index, class_id=class_id,
+                       support_indices=draw_supports(pool, class_id, query_index, shots, rng)))
+  return out
+
+
+def class_balanced_episodes(pool: Pool, shots: int, num_episodes: int,
+                            seed: int) -> list[Episode]:
+  """HSNet COCO test episodes: per episode the class is uniform over the pool's classes, the
+  query uniform over that class's support list, the supports `shots` other images of it.
+
+  One rng, default_rng(seed), draws (class, query, supports) in episode order. Classes whose
+  list has fewer than shots + 1 images cannot make an episode and are left out of the draw
+  (HSNet would loop forever); a ValueError is raised if no class is left.
+  """
+  drawable = [c for c in pool.classes if len(pool.support_lists[c]) >= shots + 1]
+  if not drawable:
+    raise ValueError(f'no class of {pool.classes} in split {pool.split.name}/'
+                     f'{pool.split.split} has the {shots + 1} images a {shots}-shot '
+                     f'episode needs')
+  rng = np.random.default_rng(int(seed))
+  out = []
+  for _ in range(num_episodes):
+    class_id = int(drawable[rng.integers(len(drawable))])
+    support_list = pool.support_lists[class_id]
+    query_index = int(support_list[rng.integers(len(support_list))])
+    out.append(Episode(query_index=query_index, class_id=class_id,
+                       support_indices=draw_supports(pool, class_id, query_index, shots, rng)))
+  return out
+
+
+SAMPLERS = {
+    'query_order': eval_episodes,
+    'pair_order': pair_order_episodes,
+    'class_balanced': class_balanced_episodes,
+}
+
+
+def sample_eval_episodes(pool: Pool, sampling: str, shots: int, num_episodes: int,
+                         seed: int) -> list[Episode]:
+  """Test episodes by one of the rules of `SAMPLERS` ('query_order': PFENet/BAM,
+  'pair_order': HSNet PASCAL, 'class_balanced': HSNet COCO)."""
+  if sampling not in SAMPLERS:
+    raise ValueError(f'unknown episode sampling {sampling!r}; expected one of {sorted(SAMPLERS)}')
+  if num_episodes < 1:
+    raise ValueError(f'num_episodes must be >= 1, got {num_episodes}')
+  return SAMPLERS[sampling](pool, shots, num_episodes, seed)
+
+
 def binarise(label: np.ndarray, class_id: int) -> np.ndarray:
   """uint8 label: `class_id` -> 1, 255 stays 255, every other value -> 0."""
   label = np.asarray(label)
@@ -237,12 +319,14 @@ def save_episodes(episodes: Sequence[Episode], path: str, split,
   os.replace(tmp, path)
 
 
-def load_episodes(path: str, split) -> tuple[list[Episode], dict]:
+def load_episodes(path: str, split, shots: int | None = None,
+                  classes: Sequence[int] | None = None) -> tuple[list[Episode], dict]:
   """Reads a `save_episodes` file and resolves it against `split` by image id.
 
   Returns (episodes, meta). Indices are re-derived from the ids, so the file stays valid if
-  the split was rebuilt in another order. Raises ValueError naming the file and the
-  offending id or field.
+  the split was rebuilt in another order. With `shots` every episode must have that many
+  supports; with `classes` every class must be one of them. Raises ValueError naming the file
+  and the offending dataset, split, episode, id or field.
   """
   try:
     with open(path) as f:
@@ -251,21 +335,37 @@ def load_episodes(path: str, split) -> tuple[list[Episode], dict]:
     raise ValueError(f'{path}: not an episodes JSON file ({e})') from e
   if not isinstance(record, dict) or record.get('format') != 'mmnet_jax.episodes/1':
     raise ValueError(f'{path}: missing format "mmnet_jax.episodes/1"')
+  for field, want in (('dataset', split.name), ('split', split.split)):
+    if record.get(field, want) != want:
+      raise ValueError(f'{path}: episodes of {field} {record.get(field)!r}, but the evaluated '
+                       f'{field} is {want!r}')
+  items = record.get('episodes')
+  if not isinstance(items, list) or not items:
+    raise ValueError(f'{path}: no episodes')
   lookup = {image_id: i for i, image_id in enumerate(split.image_ids)}
+  class_set = None if classes is None else {int(c) for c in classes}
   episodes = []
-  for n, e in enumerate(record.get('episodes', [])):
+  for n, e in enumerate(items):
     try:
-      query_id, class_id, support_ids = e['query_id'], int(e['class_id']), e['support_ids']
+      query_id, class_id, support_ids = e['query_id'], int(e['class_id']), list(e['support_ids'])
     except (KeyError, TypeError, ValueError) as err:
       raise ValueError(f'{path}: episode {n} lacks query_id/class_id/support_ids') from err
     for image_id in [query_id, *support_ids]:
       if image_id not in lookup:
         raise ValueError(f'{path}: episode {n}: image id {image_id!r} is not in split '
                          f'{split.name}/{split.split}')
-    query_index = lookup[query_id]
-    if split.class_areas[query_index].get(class_id, 0) <= 0:
-      raise ValueError(f'{path}: episode {n}: class {class_id} is absent from query '
-                       f'{query_id!r}')
-    episodes.append(Episode(query_index=query_index, class_id=class_id,
+    if shots is not None and len(support_ids) != shots:
+      raise ValueError(f'{path}: episode {n} has {len(support_ids)} supports; the evaluation '
+                       f'is {shots}-shot')
+    if class_set is not None and class_id not in class_set:
+      raise ValueError(f'{path}: episode {n}: class {class_id} is not one of the evaluated '
+                       f'classes {sorted(class_set)}')
+    if query_id in support_ids:
+      raise ValueError(f'{path}: episode {n}: query {query_id!r} is also a support')
+    for image_id in [query_id, *support_ids]:
+      if split.class_areas[lookup[image_id]].get(class_id, 0) <= 0:
+        raise ValueError(f'{path}: episode {n}: class {class_id} is absent from image '
+                         f'{image_id!r}')
+    episodes.append(Episode(query_index=lookup[query_id], class_id=class_id,
                             support_indices=tuple(lookup[s] for s in support_ids)))
   return episodes, dict(record.get('meta', {}))

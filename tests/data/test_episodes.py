@@ -189,3 +189,41 @@ def test_episode_file_round_trip_and_errors(tmp_path):
   bad.write_text('{not json')
   with pytest.raises(ValueError, match=r'bad\.json: not an episodes JSON'):
     ep.load_episodes(str(bad), split)
+
+
+def test_episode_file_checks_dataset_shots_classes_and_supports(tmp_path):
+  split = areas_split(random_areas(40, 10, 4))
+  pool = ep.build_pool(split, [1, 2, 3, 4, 5])
+  path = str(tmp_path / 'episodes.json')
+  ep.save_episodes(ep.eval_episodes(pool, 2, 12, seed=1), path, split)
+  assert len(ep.load_episodes(path, split, shots=2, classes=[1, 2, 3, 4, 5])[0]) == 12
+  with pytest.raises(ValueError, match=r'episodes\.json: episode 0 has 2 supports; .* 1-shot'):
+    ep.load_episodes(path, split, shots=1)
+  with pytest.raises(ValueError, match=r'episodes\.json: episode \d+: class \d is not one of'):
+    ep.load_episodes(path, split, classes=[1])
+  other = FewShotSplit(name='toy', split='val', num_classes=10, image_ids=split.image_ids,
+                       class_areas=split.class_areas, load=split.load)
+  with pytest.raises(ValueError, match=r"episodes\.json: episodes of split 'train'.* 'val'"):
+    ep.load_episodes(path, other)
+
+  record = json.load(open(path))
+  bad = tmp_path / 'bad.json'
+  edited = json.loads(json.dumps(record))
+  edited['episodes'][2]['support_ids'][0] = edited['episodes'][2]['query_id']
+  bad.write_text(json.dumps(edited))
+  with pytest.raises(ValueError, match=r'bad\.json: episode 2: query .* is also a support'):
+    ep.load_episodes(str(bad), split)
+  # A support that does not hold the class.
+  edited = json.loads(json.dumps(record))
+  e = edited['episodes'][4]
+  without = next(i for i, a in zip(split.image_ids, split.class_areas)
+                 if e['class_id'] not in a and i != e['query_id'])
+  e['support_ids'][1] = without
+  bad.write_text(json.dumps(edited))
+  with pytest.raises(ValueError, match=rf"bad\.json: episode 4: class \d+ is absent from "
+                                       rf"image '{without}'"):
+    ep.load_episodes(str(bad), split)
+  edited['episodes'] = []
+  bad.write_text(json.dumps(edited))
+  with pytest.raises(ValueError, match=r'bad\.json: no episodes'):
+    ep.load_episodes(str(bad), split)

@@ -1,0 +1,148 @@
+"""The evaluator under each protocol: saved episode lists, exact re-evaluation, several seeds,
+HSNet's stretch scoring. Tiny synthetic dataset and an untrained tiny model (numbers only need
+to be repeatable here, not good)."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import synth_1shot
+from mmnet_jax import evaluate
+from mmnet_jax import metrics
+from mmnet_jax import sharding
+from mmnet_jax import train
+from mmnet_jax.data import datasets
+from mmnet_jax.data import episodes as ep
+from mmnet_jax.models import mmnet
+from tests.data.test_episodes import make_split
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+  c = synth_1shot.get_config('runlocal')
+  c.dataset.data_dir = str(tmp_path_factory.mktemp('tfds'))
+  c.eval.batch_size = 8   # the test session has 8 CPU devices (conftest)
+  c.eval.num_episodes = 20
+  c.eval.baselines = False
+  model = mmnet.build_model(c.model)
+  variables = train.init_variables(model, c)
+  _, test_classes = datasets.fold_classes('synthetic', c.dataset.fold)
+  return c, model, variables, sharding.make_mesh(), test_classes
+
+
+def evaluator_for(setup, **eval_fields):
+  c, model, _, mesh, classes = setup
+  c = c.copy_and_resolve_references()
+  for key, value in eval_fields.items():
+    c.eval[key] = value
+  return evaluate.Evaluator(c, model, mesh, classes)
+
+
+def test_saved_episodes_re_evaluate_identically_and_bad_ids_are_named(setup, tmp_path):
+  variables = setup[2]
+  first = evaluator_for(setup).evaluate_protocol(variables, episodes_dir=str(tmp_path))
+  path = str(tmp_path / evaluate.EPISODES_FILE)
+  assert first['protocol_params']['episodes_files'] == [evaluate.EPISODES_FILE]
+  assert first['protocol_params']['sampling'] == 'query_order' and first['seeds'] == [321]
+  record = json.load(open(path))
+  assert record['meta']['seed'] == 321 and record['meta']['protocol'] == 'pfenet'
+  assert len(record['episodes']) == 20
+
+  again = evaluator_for(setup, episodes_file=path)
+  assert again.episodes() == evaluator_for(setup).episodes()
+  second = again.evaluate_protocol(variables)
+  for key in ('miou', 'fb_iou', 'class_iou', 'episodes', 'mean_episode_iou'):
+    assert second[key] == first[key], key
+  assert second['protocol_params']['episodes_file'] == path
+  # Other episodes give other numbers: the comparison above can fail.
+  other = evaluator_for(setup, seeds=(5,)).evaluate_protocol(variables)
+  assert other['class_iou'] != first['class_iou']
+
+  record['episodes'][7]['query_id'] = 'synthetic_val_nope'
+  bad = tmp_path / 'edited.json'
+  bad.write_text(json.dumps(record))
+  with pytest.raises(ValueError, match=r"edited\.json: episode 7: image id "
+                                       r"'synthetic_val_nope' is not in split synthetic/val"):
+    evaluator_for(setup, episodes_file=str(bad)).evaluate_protocol(variables)
+  c5 = setup[0].copy_and_resolve_references()
+  c5.shots = 2
+  c5.eval.episodes_file = path
+  with pytest.raises(ValueError, match=r'eval_episodes\.json: episode 0 has 1 supports; the '
+                                       r'evaluation is 2-shot'):
+    evaluate.Evaluator(c5, setup[1], setup[3], setup[4]).episodes()
+
+
+def test_several_seeds_give_per_seed_results_files_and_mean_std(setup, tmp_path):
+  variables = setup[2]
+  ev = evaluator_for(setup, protocol='bam', num_episodes=16, seeds=(1, 2, 3))
+  out = ev.evaluate_protocol(variables, episodes_dir=str(tmp_path))
+  assert out['seeds'] == [1, 2, 3] and out['total_episodes'] == 48
+  files = [f'eval_episodes_seed{s}.json' for s in (1, 2, 3)]
+  assert out['protocol_params']['episodes_files'] == files
+  assert all(os.path.isfile(tmp_path / f) for f in files)
+  mious = [r['miou'] for r in out['per_seed']]
+  assert out['miou'] == pytest.approx(np.mean(mious))
+  assert out['miou_std'] == pytest.approx(np.std(mious, ddof=1))
+  # Each per-seed value is that seed's own evaluation.
+  alone = ev.evaluate(variables, episode_list=ev.episodes(seed=2))
+  assert out['per_seed'][1]['miou'] == alone['miou']
+  assert out['per_seed'][1]['fb_iou'] == alone['fb_iou']
+
+
+@pytest.mark.parametrize('original', [False, True])
+def test_hsnet_protocol_stretches_and_scores(setup, original):
+  ev = evaluator_for(setup, protocol='hsnet', num_episodes=8, stretch_size=65,
+                     hsnet_original_size=original)
+  seen = []
+  out = ev.evaluate_protocol(setup[2], on_batch=lambda b, d: seen.append((b, d)))
+  assert out['protocol_params']['sampling'] == 'pair_order'
+  assert out['protocol_params']['scoring'] == ('stretch_original' if original else 'stretch')
+  assert out['episodes'] == 8 and out['seeds'] == [0]
+  batch, diff = seen[0]
+  assert batch['query_img'].shape[1:3] == (65, 65) and diff.shape[1:] == (65, 65)
+  h, w = batch['eval_label_hw'][0]
+  if original:
+    _, label = ev.split.load(int(batch['query_index'][0]))
+    assert (h, w) == label.shape
+  else:
+    assert (h, w) == (65, 65)
+
+
+def toy_split():
+  rng = np.random.default_rng(0)
+  samples = []
+  for h, w in ((30, 50), (40, 20), (36, 36)):
+    label = np.zeros((h, w), np.uint8)
+    label[h // 4:h // 2, w // 4:3 * w // 4] = 3
+    label[0] = 255
+    samples.append((rng.integers(0, 255, (h, w, 3)), label))
+  return make_split(samples, name='toy', split='val')
+
+
+@pytest.mark.parametrize('original', [False, True])
+def test_stretch_batch_and_perfect_prediction_scores_100(original):
+  split = toy_split()
+  episodes = [ep.Episode(0, 3, (1,)), ep.Episode(1, 3, (2, )), ep.Episode(2, 3, (0,))]
+  batch = evaluate.stretch_eval_batch(split, episodes, 16, 64, original, [0, 1, 2, 3])
+  assert batch['query_img'].shape == (4, 16, 16, 3)
+  assert batch['valid'].tolist() == [True, True, True, False]
+  expected_hw = [(30, 50), (40, 20), (36, 36)] if original else [(16, 16)] * 3
+  assert [tuple(v) for v in batch['eval_label_hw'][:3]] == expected_hw
+  # The stretched query label is the label resized nearest to 16x16, binarised.
+  _, label = split.load(0)
+  np.testing.assert_array_equal(batch['query_label'][0],
+                                ep.binarise(label, 3)[(np.arange(16) * 30) // 16][
+                                    :, (np.arange(16) * 50) // 16])
+  if original:
+    np.testing.assert_array_equal(batch['eval_label'][0, :30, :50], ep.binarise(label, 3))
+    assert (batch['eval_label'][0, 30:] == 255).all()
+  # Logits that are +-1 on the scored label itself (stretched case) score 100.
+  if not original:
+    diff = np.where(batch['query_label'] == 1, 1.0, -1.0)
+    totals = evaluate.score_batch(metrics.SegmentationTotals(), batch, diff)
+    assert totals.episodes == 3
+    summary = metrics.summarize(totals, [3])
+    assert summary['miou'] == pytest.approx(100.0) and summary['fb_iou'] == pytest.approx(100.0)
