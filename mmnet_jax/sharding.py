@@ -14,6 +14,27 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA_AXIS = 'data'
 
 
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> bool:
+  """Joins a multi-process run; returns whether one was joined.
+
+  Without arguments, JAX detects the cluster (TPU pods, SLURM, Open MPI, ...) and raises
+  ValueError when there is none: that is the single-host case, and a no-op here. Every other
+  error propagates (e.g. a call after the backend started, or an unreachable coordinator):
+  swallowing it would turn one N-host run into N independent runs that overwrite each other.
+  Must run before anything touches the backend (jax.devices, computations).
+  """
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+  except ValueError:
+    if coordinator_address is not None:
+      raise
+    return False
+  return True
+
+
 def make_mesh(devices=None) -> Mesh:
   """A 1-D data-parallel mesh over `devices` (default: every device of every process)."""
   devices = jax.devices() if devices is None else devices
@@ -58,9 +79,19 @@ def replicate(tree, mesh: Mesh):
 
 
 def local_rows(x: jax.Array) -> np.ndarray:
-  """This process's rows of a batch-sharded global array, in order (the host batch)."""
+  """This process's rows of a global batch array, in order (the host batch).
+
+  The rows are those `batch_sharded` gives this process's devices, whatever `x`'s own
+  sharding (a replicated output would otherwise hand every process the whole batch).
+  """
   if jax.process_count() == 1:
     return np.asarray(x)
+  mesh = getattr(x.sharding, 'mesh', None)
+  if mesh is None:
+    raise ValueError(f'local_rows needs an array with a NamedSharding, got {x.sharding}')
+  wanted = batch_sharded(mesh)
+  if not x.sharding.is_equivalent_to(wanted, x.ndim):
+    x = jax.jit(lambda a: a, out_shardings=wanted)(x)
   shards = {}
   for shard in x.addressable_shards:
     start = shard.index[0].start or 0

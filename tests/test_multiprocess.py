@@ -1,0 +1,123 @@
+"""Multi-host: 2 processes on this machine (CPU devices, gloo collectives) train and evaluate.
+
+Each child joins a jax.distributed run through a localhost coordinator, builds its own rows of
+every global batch, trains, checkpoints (orbax, multi-host) and evaluates. The test checks that
+both processes hold identical parameters, that the checkpoint restores them, and that the
+evaluation counted every episode exactly once (against a single-process evaluation).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_PROCESSES = 2
+DEVICES_PER_PROCESS = 2
+
+
+def _config(data_dir):
+  from configs import synth_1shot
+  c = synth_1shot.get_config('runlocal')
+  c.dataset.data_dir = data_dir
+  c.train.num_steps = 2
+  c.train.batch_size = 4
+  c.train.eval_every = 2
+  c.train.log_every = 1
+  c.eval.batch_size = 8
+  c.eval.num_episodes = 20   # 3 batches of 8 with 4 padding episodes: exercises `valid`
+  c.eval.during_training_episodes = 8
+  c.eval.baselines = False
+  return c
+
+
+def child(rank: int, port: int, data_dir: str, workdir: str, out_dir: str) -> None:
+  """One process of the run (called in a fresh interpreter by the test)."""
+  os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}'
+  os.environ['JAX_PLATFORMS'] = 'cpu'
+  import jax
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  from mmnet_jax import evaluate, sharding, train
+  assert sharding.initialize_distributed(f'127.0.0.1:{port}', NUM_PROCESSES, rank)
+  assert jax.process_count() == NUM_PROCESSES
+  assert jax.device_count() == NUM_PROCESSES * DEVICES_PER_PROCESS
+
+  # Record what every evaluation sees (this process's copy of the replicated variables).
+  seen = []
+  original = evaluate.Evaluator.evaluate
+
+  def recording(self, variables, *args, **kwargs):
+    local = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0))
+                                   if isinstance(x, jax.Array) else np.asarray(x), variables)
+    seen.append(local)
+    return original(self, variables, *args, **kwargs)
+  evaluate.Evaluator.evaluate = recording
+
+  results = train.train_and_evaluate(_config(data_dir), workdir)
+  trained, restored = seen[-2], seen[-1]   # the last in-training eval; the final eval
+  flat = {}
+  for tag, tree in (('trained', trained), ('restored', restored)):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+      flat[tag + jax.tree_util.keystr(path)] = leaf
+  np.savez(os.path.join(out_dir, f'variables_{rank}.npz'), **flat)
+  with open(os.path.join(out_dir, f'results_{rank}.json'), 'w') as f:
+    json.dump({k: results[k] for k in ('miou', 'fb_iou', 'class_iou', 'episodes', 'step')}, f)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_identically_and_count_each_episode_once(tmp_path):
+  from mmnet_jax import evaluate
+  from mmnet_jax.data import datasets
+  data_dir, workdir, out = str(tmp_path / 'tfds'), str(tmp_path / 'run'), str(tmp_path / 'out')
+  os.makedirs(out)
+  config = _config(data_dir)
+  for split in ('train', 'val'):   # build once here: two children must not race to build it
+    datasets.open_split(config.dataset, split)
+
+  port = _free_port()
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  code = ('import sys; sys.path.insert(0, sys.argv[1]); from tests import test_multiprocess as t; '
+          't.child(int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:])')
+  procs = [subprocess.Popen([sys.executable, '-c', code, REPO, str(rank), str(port), data_dir,
+                             workdir, out], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+           for rank in range(NUM_PROCESSES)]
+  logs = []
+  for p in procs:
+    try:
+      logs.append(p.communicate(timeout=540)[0])
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      raise
+  for rank, (p, log) in enumerate(zip(procs, logs)):
+    assert p.returncode == 0, f'process {rank} failed:\n{log[-4000:]}'
+
+  v0 = np.load(os.path.join(out, 'variables_0.npz'))
+  v1 = np.load(os.path.join(out, 'variables_1.npz'))
+  assert set(v0.files) == set(v1.files) and any(k.startswith('trained') for k in v0.files)
+  for key in v0.files:
+    np.testing.assert_array_equal(v0[key], v1[key], err_msg=key)
+    if key.startswith('trained'):   # the multi-host checkpoint restores what was trained
+      np.testing.assert_array_equal(v0[key], v0['restored' + key[len('trained'):]],
+                                    err_msg=key)
+
+  r0, r1 = (json.load(open(os.path.join(out, f'results_{r}.json'))) for r in range(2))
+  assert r0 == r1
+  assert r0['episodes'] == config.eval.num_episodes and r0['step'] == config.train.num_steps
+  single = evaluate.evaluate_workdir(config, workdir)   # this process alone, 8 devices
+  assert single['episodes'] == r0['episodes']
+  assert single['miou'] == pytest.approx(r0['miou'], abs=1e-3)
+  assert single['fb_iou'] == pytest.approx(r0['fb_iou'], abs=1e-3)
+  assert {str(k): v for k, v in single['class_iou'].items()} == pytest.approx(
+      {str(k): v for k, v in r0['class_iou'].items()}, abs=1e-3)
