@@ -14,6 +14,11 @@ Rules (see docs/architecture.md and the reference notes, mmnet.md section 4):
 * Query class: uniform among the list's classes present in the query label with NO size filter
   (PFENet `__getitem__`), so a class may be chosen whose own support list excludes this image.
 * Supports: `shots` distinct images from that class's list, never the query image.
+* Test episodes (`sample_eval_episodes`, docs/protocols.md): 'query_order' (PFENet, BAM: pool
+  images in list order, class and supports random), 'pair_order' (HSNet PASCAL: (image, class)
+  pairs in list order), 'class_balanced' (HSNet COCO: class first, then query and supports).
+* Episode files (`save_episodes` / `load_episodes`) hold query id, class and support ids, so an
+  evaluation can be repeated exactly; loading checks them against the split.
 """
 
 from __future__ import annotations
