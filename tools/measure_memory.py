@@ -1,16 +1,22 @@
-"""Peak host memory of ONE eval forward of MM-Net on CPU.
+"""Memory of MM-Net per episode: XLA's compiled memory analysis, and peak host RSS on CPU.
 
-Usage: python tools/measure_memory.py [--backbone resnet50] [--size 641] [--shots 5]
-
-Runs two child processes: a baseline that imports jax and initialises the (random) variables,
-and one that additionally runs one jitted eval forward (logits only, as an evaluator would);
-reports both ru_maxrss values and their difference, plus XLA's compiled memory analysis.
+Usage:
+  python tools/measure_memory.py [--backbone resnet50] [--size 641] [--shots 5]
+      peak RSS of ONE eval forward (two child processes: a baseline that imports jax and
+      initialises random variables, and one that also runs the jitted forward), plus XLA's
+      memory analysis of that forward.
+  python tools/measure_memory.py --table [--sizes 473,641] [--shots-list 1,5] [--chunk 1024]
+      XLA memory analysis (compile only, abstract inputs, nothing allocated) of the jitted eval
+      forward and of the full train step (model, losses, gradients, SGD update; the default
+      config: frozen backbone, batch-statistics BN) at per-device batch 1, with and without
+      config.model.attention_chunk; prints a markdown table (docs/scaling.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -63,13 +69,81 @@ def _child(backbone: str, size: int, shots: int, run: bool) -> dict:
   return json.loads(line[len('RESULT '):])
 
 
+def xla_memory(kind: str, size: int, shots: int, chunk: int, backbone: str = 'resnet50',
+               dtype: str = 'float32') -> dict:
+  """XLA memory analysis (bytes) of the jitted eval forward or train step at batch 1."""
+  import jax
+  import jax.numpy as jnp
+  from configs import default
+  from mmnet_jax import train
+  from mmnet_jax.models import mmnet
+  config = default.get_config(f'shots={shots}')
+  config.model.backbone = backbone
+  config.model.attention_chunk = chunk
+  config.model.dtype = dtype
+  config.train.crop_size = size
+  config.train.batch_size = 1
+  model = mmnet.build_model(config.model)
+  state = train.abstract_state(model, config)
+  sds = jax.ShapeDtypeStruct
+  batch = {'query_img': sds((1, size, size, 3), jnp.float32),
+           'support_imgs': sds((1, shots, size, size, 3), jnp.float32),
+           'query_label': sds((1, size, size), jnp.int32),
+           'support_labels': sds((1, shots, size, size), jnp.int32)}
+  if kind == 'train':
+    tx = train.make_optimizer(config, 1000, state['params'])
+    fn = jax.jit(train.make_train_step(model, tx, config), donate_argnums=(0,))
+    args = (state, batch)
+  else:
+    def fn(variables, batch):
+      masks = (batch['support_labels'] == 1).astype(jnp.float32)
+      return model.apply(variables, batch['query_img'], batch['support_imgs'], masks)['logits']
+    fn = jax.jit(fn)
+    args = ({'params': state['params'], 'batch_stats': state['batch_stats']}, batch)
+  ma = fn.lower(*args).compile().memory_analysis()
+  keys = ('temp_size_in_bytes', 'argument_size_in_bytes', 'output_size_in_bytes',
+          'alias_size_in_bytes')
+  out = {k: int(getattr(ma, k, 0) or 0) for k in keys}
+  # Live at the peak: arguments + outputs (less what donation aliases) + XLA's temporaries.
+  out['peak_bytes'] = (out['temp_size_in_bytes'] + out['argument_size_in_bytes'] +
+                       out['output_size_in_bytes'] - out['alias_size_in_bytes'])
+  return out
+
+
+def table(sizes, shots_list, chunk: int, backbone: str) -> None:
+  """Prints the markdown table of peak bytes per episode, without and with chunking."""
+  gib = lambda b: b / 2**30
+  print(f'| {backbone} | K | eval forward | eval, chunk {chunk} | train step | '
+        f'train, chunk {chunk} |')
+  print('|---|---|---|---|---|---|')
+  for size in sizes:
+    for shots in shots_list:
+      cells = []
+      for kind in ('eval', 'train'):
+        for c in (0, chunk):
+          r = xla_memory(kind, size, shots, c, backbone)
+          print('RESULT ' + json.dumps(dict(r, kind=kind, size=size, shots=shots, chunk=c)),
+                file=sys.stderr, flush=True)
+          cells.append(f'{gib(r["peak_bytes"]):.2f} GiB (temp {gib(r["temp_size_in_bytes"]):.2f})')
+      print(f'| {size} | {shots} | ' + ' | '.join(cells) + ' |', flush=True)
+
+
 def main() -> None:
   """Prints the baseline, the forward's peak RSS and XLA's memory analysis (MiB)."""
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument('--backbone', default='resnet50')
   parser.add_argument('--size', type=int, default=641)
   parser.add_argument('--shots', type=int, default=5)
+  parser.add_argument('--table', action='store_true', help='XLA memory table (see above)')
+  parser.add_argument('--sizes', default='473,641')
+  parser.add_argument('--shots-list', default='1,5')
+  parser.add_argument('--chunk', type=int, default=1024)
   args = parser.parse_args()
+  if args.table:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    table([int(x) for x in args.sizes.split(',')], [int(x) for x in args.shots_list.split(',')],
+          args.chunk, args.backbone)
+    return
   base = _child(args.backbone, args.size, args.shots, run=False)
   full = _child(args.backbone, args.size, args.shots, run=True)
   mib = lambda b: b / 2**20
