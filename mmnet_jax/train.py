@@ -4,13 +4,21 @@ SGD with momentum 0.9 and coupled weight decay (as torch.optim.SGD), the per-ite
 learning rate of PFENet/MM-Net (lr_t = lr_multiplier * base_lr * (1 - t/T)^power, t counted
 from 1), a jit-compiled step over a data-parallel mesh, orbax checkpoints (latest + best by
 mIoU, resumed from the workdir), TensorBoard scalars and a progress bar.
+
+Never losing a run (docs/robustness.md): SIGTERM / SIGINT save a checkpoint at the next step
+boundary and return; a SIGKILLed run resumes from its last complete checkpoint; a resumed run
+ends bitwise equal to an uninterrupted one on the same devices; a non-finite loss or gradient
+stops the run naming the step without saving the bad state; one run per workdir (a lock).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -22,6 +30,7 @@ import optax
 import tqdm
 
 from mmnet_jax import checkpoint
+from mmnet_jax import config_checks
 from mmnet_jax import evaluate
 from mmnet_jax import sharding
 from mmnet_jax import workdir_io
@@ -172,13 +181,135 @@ def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
           'dataset': config.dataset.name, 'fold': config.dataset.fold}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains MM-Net as configured, then evaluates the selected checkpoint; returns results."""
-  os.makedirs(workdir, exist_ok=True)
-  workdir_io.write_config(config, workdir)
-  mesh = sharding.make_mesh()
-  model = mmnet.build_model(config.model)
+RECIPE_FIELDS = ('batch_size', 'crop_size', 'scale_min', 'scale_max', 'rotate_deg', 'epochs',
+                 'num_steps', 'base_lr', 'lr_multiplier', 'momentum', 'weight_decay',
+                 'poly_power', 'aux_weight', 'recon_weight')
 
+
+def training_recipe(config: ml_collections.ConfigDict) -> dict:
+  """The fields that shape the training trajectory; a resume that changes them warns."""
+  return {'seed': config.seed, **{k: config.train[k] for k in RECIPE_FIELDS if k in config.train}}
+
+
+class StopSignals:
+  """SIGTERM / SIGINT -> `requested` (the signal's name), checked by the loop between steps.
+
+  The previous handlers come back on exit. A second signal of the same kind gets the previous
+  behaviour at once (Ctrl-C twice still interrupts; SIGTERM twice terminates). Outside the main
+  thread nothing is installed (Python only delivers signals there).
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.requested: str | None = None
+    self._previous: dict = {}
+
+  def _handle(self, signum, frame):
+    if self.requested is None:
+      self.requested = signal.Signals(signum).name
+      return
+    previous = self._previous.get(signum, signal.SIG_DFL)
+    signal.signal(signum, previous)
+    if callable(previous):
+      previous(signum, frame)
+    elif previous != signal.SIG_IGN:
+      os.kill(os.getpid(), signum)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for signum in self.SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc_info):
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
+
+
+def make_guarded_step(model, tx, config: ml_collections.ConfigDict):
+  """train_step plus a device-side record of the first non-finite step, to be jit-compiled.
+
+  guarded(state, batch, first_bad) -> (state, metrics, first_bad), first_bad = {'step': int32
+  (-1 while every step was finite, else the 1-based count of the first bad step), 'loss'}.
+  Checked on the host only at log, eval, save and stop points, so there is no per-step sync,
+  and no state after a non-finite step is ever saved.
+  """
+  train_step = make_train_step(model, tx, config)
+
+  def guarded(state, batch, first_bad):
+    state, metrics = train_step(state, batch)
+    new_bad = (~metrics['finite']) & (first_bad['step'] < 0)
+    first_bad = {'step': jnp.where(new_bad, state['step'], first_bad['step']),
+                 'loss': jnp.where(new_bad, metrics['loss'], first_bad['loss'])}
+    return state, metrics, first_bad
+  return guarded
+
+
+def no_bad_step() -> dict:
+  """The initial `first_bad` record of `make_guarded_step`."""
+  return {'step': jnp.full((), -1, jnp.int32), 'loss': jnp.zeros((), jnp.float32)}
+
+
+def _raise_if_non_finite(first_bad: dict, done: int, ckpts: checkpoint.RunCheckpoints) -> None:
+  bad = jax.device_get(first_bad)
+  if int(bad['step']) < 0:
+    return
+  ckpts.wait()
+  last = ckpts.latest.latest_step()
+  kept = (f'the last good checkpoint (step {last}) in {ckpts.latest.directory} is kept'
+          if last is not None else 'no checkpoint had been saved yet')
+  raise FloatingPointError(
+      f'non-finite loss or gradient at step {int(bad["step"])} (loss {float(bad["loss"])}, '
+      f'seen at step {done}); training stopped, nothing after step {last} was saved; {kept}')
+
+
+def _restore(ckpts, state, mesh, config):
+  """(state, meta) from the workdir's latest checkpoint, or (state, None) for a fresh run."""
+  meta = checkpoint.restore_meta(ckpts.latest)
+  if meta is None:
+    return state, None
+  where = str(ckpts.latest.directory)
+  workdir_io.check_fingerprint(meta, config_fingerprint(config), where)
+  state, meta = checkpoint.restore(ckpts.latest, checkpoint.abstract_like(
+      state, sharding.replicated(mesh)))
+  saved = meta.get('recipe')
+  if saved is not None:
+    now = json.loads(json.dumps(training_recipe(config)))
+    changed = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+    if changed:
+      logging.warning('resuming %s with a changed training recipe (checkpoint -> config): %s; '
+                      'the run will differ from an uninterrupted one', where, changed)
+  return state, meta
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains as configured, resuming from the workdir's latest checkpoint; no final evaluation.
+
+  Returns {'step', 'preempted' (the signal's name or None), 'skipped_samples'}. SIGTERM or
+  SIGINT stops at the next step boundary with a checkpoint of that step (preempted set); a
+  resumed run continues bitwise as an uninterrupted one would (data keyed by (seed, step),
+  dropout by step, an evaluation cut off by the signal re-run on resume). Raises
+  FloatingPointError naming the first non-finite step (the last good checkpoint is kept),
+  WorkdirInUseError if another run holds the workdir, ConfigError for a bad config.
+  """
+  mesh = sharding.make_mesh()
+  config_checks.check_config(config, num_devices=mesh.devices.size)
+  os.makedirs(workdir, exist_ok=True)
+  lock = workdir_io.WorkdirLock(workdir)
+  if jax.process_index() == 0:
+    lock.acquire()
+  try:
+    with StopSignals() as stop:
+      return _train_locked(config, workdir, mesh, stop)
+  finally:
+    lock.release()
+
+
+def _train_locked(config, workdir, mesh, stop: StopSignals) -> dict:
+  workdir_io.write_config(config, workdir)
+  model = mmnet.build_model(config.model)
   train_classes, test_classes = datasets.fold_classes(
       config.dataset.name, config.dataset.fold, config.dataset.num_folds,
       coco_convention=config.dataset.coco_convention)
@@ -188,23 +319,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              filter_intersection=config.dataset.filter_intersection)
   total_steps = total_train_steps(config, len(pool))
   every_eval = eval_interval(config, len(pool))
+  eval_episodes = int(config.eval.during_training_episodes)
   print(f'training pool: {len(pool)} images of classes {list(train_classes)}; '
-        f'{total_steps} steps, evaluation every {every_eval}', flush=True)
+        f'{total_steps} steps, evaluation '
+        f'{f"every {every_eval}" if eval_episodes else "off"}', flush=True)
 
   state, tx = create_state(model, config, total_steps)
   ckpts = checkpoint.RunCheckpoints(workdir)
-  restored = checkpoint.restore(ckpts.latest, checkpoint.abstract_like(
-      state, sharding.replicated(mesh)))
+  state, meta = _restore(ckpts, state, mesh, config)
   best_miou = -1.0
-  if restored is not None:
-    state, meta = restored
-    workdir_io.check_fingerprint(meta, config_fingerprint(config), ckpts.latest.directory)
+  if meta is not None:
     best_miou = float(meta.get('best_miou', -1.0))
     print(f'resumed from {ckpts.latest.directory} at step {int(state["step"])}', flush=True)
   state = sharding.replicate(state, mesh)
 
-  step_fn = jax.jit(make_train_step(model, tx, config), donate_argnums=(0,))
-  evaluator = evaluate.Evaluator(config, model, mesh, test_classes)
+  step_fn = jax.jit(make_guarded_step(model, tx, config), donate_argnums=(0, 2))
+  first_bad = sharding.replicate(no_bad_step(), mesh)
+  evaluator = evaluate.Evaluator(config, model, mesh, test_classes) if eval_episodes else None
   writer = workdir_io.SummaryWriter(os.path.join(workdir, 'tensorboard'))
   schedule = poly_lr(config, total_steps)
   host_batch = sharding.host_batch_size(config.train.batch_size, mesh)
@@ -213,55 +344,101 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count())
   fingerprint = config_fingerprint(config)
+  recipe = training_recipe(config)
+  multi_process = jax.process_count() > 1
 
-  def save(step, metrics=None, best=False):
+  def save(step, metrics=None, best=False, eval_pending=False):
     meta = {'step': step, 'best_miou': best_miou, 'fingerprint': fingerprint,
-            'metrics': metrics or {}}
+            'recipe': recipe, 'metrics': metrics or {}, 'eval_pending': eval_pending}
     host_state = jax.device_get(state)
-    ckpts.save_latest(step, host_state, meta)
-    if best:
+    if best:   # committed before the latest that records its mIoU (checkpoint.py)
       ckpts.save_best(step, host_state, meta)
+    ckpts.save_latest(step, host_state, meta)
+
+  def run_eval(done):
+    nonlocal best_miou
+    summary = evaluator.evaluate(
+        {'params': state['params'], 'batch_stats': state['batch_stats']},
+        num_episodes=eval_episodes, with_baselines=False)
+    writer.scalars(done, {'eval/miou': summary['miou'], 'eval/fb_iou': summary['fb_iou']})
+    improved = summary['miou'] > best_miou
+    best_miou = max(best_miou, summary['miou'])
+    bar.write(f'step {done}: mIoU {summary["miou"]:.2f}  FB-IoU {summary["fb_iou"]:.2f}'
+              f'{"  (best)" if improved else ""}')
+    save(done, {'miou': summary['miou'], 'fb_iou': summary['fb_iou']}, best=improved)
 
   bar = tqdm.tqdm(total=total_steps, initial=start, desc='train', dynamic_ncols=True,
                   disable=jax.process_index() != 0)
-  t_last, steps_since = time.perf_counter(), 0
-  for step in range(start, total_steps):
-    batch = sharding.to_global(next(data), mesh)
-    state, metrics = step_fn(state, batch)
-    steps_since += 1
-    done = step + 1
-    if done % config.train.log_every == 0 or done == total_steps:
-      metrics = jax.device_get(metrics)
-      if not bool(metrics['finite']):
-        ckpts.wait()
-        raise FloatingPointError(
-            f'non-finite loss or gradient at step {done} (loss {float(metrics["loss"])}); '
-            f'the last good checkpoint in {ckpts.latest.directory} is kept')
-      now = time.perf_counter()
-      eps = steps_since * config.train.batch_size / (now - t_last)
-      t_last, steps_since = now, 0
-      lr = float(schedule(step))
-      scalars = {k: float(v) for k, v in metrics.items() if k != 'finite'}
-      scalars.update(lr=lr, episodes_per_s=eps)
-      writer.scalars(done, {f'train/{k}': v for k, v in scalars.items()})
-      bar.set_postfix(loss=f'{scalars["loss"]:.3f}', lr=f'{lr:.2e}', eps=f'{eps:.1f}')
-    bar.update(1)
-    if done % every_eval == 0 or done == total_steps:
-      summary = evaluator.evaluate(
-          {'params': state['params'], 'batch_stats': state['batch_stats']},
-          num_episodes=config.eval.during_training_episodes, with_baselines=False)
-      writer.scalars(done, {'eval/miou': summary['miou'], 'eval/fb_iou': summary['fb_iou']})
-      improved = summary['miou'] > best_miou
-      best_miou = max(best_miou, summary['miou'])
-      bar.write(f'step {done}: mIoU {summary["miou"]:.2f}  FB-IoU {summary["fb_iou"]:.2f}'
-                f'{"  (best)" if improved else ""}')
-      save(done, {'miou': summary['miou'], 'fb_iou': summary['fb_iou']}, best=improved)
-    elif done % config.train.checkpoint_every == 0:
-      save(done)
-  bar.close()
-  data.close()
-  save(total_steps)
-  ckpts.wait()
-  ckpts.close()
-  writer.close()
+  preempted, final_step = None, start
+  try:
+    if meta is not None and meta.get('eval_pending') and evaluator is not None:
+      run_eval(start)   # the evaluation a signal cut off, so the run matches an uninterrupted one
+    t_last, steps_since = time.perf_counter(), 0
+    for step in range(start, total_steps):
+      batch = sharding.to_global(next(data), mesh)
+      state, metrics, first_bad = step_fn(state, batch, first_bad)
+      steps_since += 1
+      done = step + 1
+      log_now = done % config.train.log_every == 0 or done == total_steps
+      eval_now = evaluator is not None and (done % every_eval == 0 or done == total_steps)
+      save_now = done % config.train.checkpoint_every == 0
+      if multi_process:   # every process must stop at the same step: agree at log points
+        stop_now = log_now and _any_process(stop.requested is not None)
+      else:
+        stop_now = stop.requested is not None
+      if log_now or eval_now or save_now or stop_now:
+        _raise_if_non_finite(first_bad, done, ckpts)
+      if log_now:
+        metrics = jax.device_get(metrics)
+        now = time.perf_counter()
+        eps = steps_since * config.train.batch_size / (now - t_last)
+        t_last, steps_since = now, 0
+        lr = float(schedule(step))
+        scalars = {k: float(v) for k, v in metrics.items() if k != 'finite'}
+        scalars.update(lr=lr, episodes_per_s=eps, skipped_samples=data.skips.count)
+        writer.scalars(done, {f'train/{k}': v for k, v in scalars.items()})
+        bar.set_postfix(loss=f'{scalars["loss"]:.3f}', lr=f'{lr:.2e}', eps=f'{eps:.1f}')
+      bar.update(1)
+      if stop_now:
+        preempted = stop.requested or 'another process'
+        save(done, eval_pending=eval_now)
+        final_step = done
+        bar.write(f'{preempted}: saved step {done} in {ckpts.latest.directory}; '
+                  'run again with the same workdir to resume')
+        break
+      if eval_now:
+        run_eval(done)
+      elif save_now:
+        save(done)
+    else:
+      _raise_if_non_finite(first_bad, total_steps, ckpts)
+      save(total_steps)
+      final_step = total_steps
+  finally:
+    bar.close()
+    data.close()
+    ckpts.close()   # waits for the saves in flight
+    writer.close()
+  if data.skips.count:
+    logging.warning('%d training episodes were redrawn because of bad samples (last: %s)',
+                    data.skips.count, data.skips.last)
+  return {'step': final_step, 'preempted': preempted,
+          'skipped_samples': data.skips.count}
+
+
+def _any_process(flag: bool) -> bool:
+  """True if `flag` is True on any process (a collective: every process must call it)."""
+  from jax.experimental import multihost_utils
+  flags = multihost_utils.process_allgather(np.asarray([flag], np.int32))
+  return bool(np.asarray(flags).any())
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains MM-Net as configured, then evaluates the selected checkpoint; returns results.
+
+  A run stopped by SIGTERM / SIGINT returns `train`'s outcome (preempted set) unevaluated.
+  """
+  outcome = train(config, workdir)
+  if outcome['preempted']:
+    return outcome
   return evaluate.evaluate_workdir(config, workdir)

@@ -1,12 +1,20 @@
-"""What a run writes beside its checkpoints: the config, results and TensorBoard scalars."""
+"""What a run writes beside its checkpoints: the config, results, TensorBoard scalars, and the
+lock that keeps two runs out of one workdir."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import os
+import socket
 import tempfile
+import time
 
 import ml_collections
+
+LOCK_FILE = 'run.lock'
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -53,3 +61,92 @@ class SummaryWriter:
 
   def close(self) -> None:
     self._writer.close()
+
+
+class WorkdirInUseError(RuntimeError):
+  """Another live process holds the workdir's lock."""
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:   # exists, owned by someone else
+    return True
+  return True
+
+
+class WorkdirLock:
+  """Exclusive use of a workdir by one run: `<workdir>/run.lock` holds JSON {pid, host, since}.
+
+  The lock is an flock on that file, so the kernel releases it when the holder dies in any way
+  (SIGKILL included); the JSON only names the holder in messages. A lock file left by a dead
+  process is taken over with a warning. Where flock is unsupported (some network filesystems)
+  the JSON decides: a live pid on this host holds the workdir, a dead one is stale; a holder on
+  another host cannot be checked and is refused (delete the file if that run is gone).
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self._fd = None
+
+  def _holder(self) -> dict:
+    try:
+      with open(self.path) as f:
+        return json.load(f)
+    except (OSError, ValueError):
+      return {}
+
+  def _in_use(self, holder: dict) -> WorkdirInUseError:
+    return WorkdirInUseError(
+        f'workdir {os.path.dirname(self.path)} is in use by pid {holder.get("pid")} on host '
+        f'{holder.get("host")!r} (lock {self.path}); use another --workdir or stop that run')
+
+  def acquire(self) -> None:
+    """Takes the lock or raises WorkdirInUseError naming the holder's pid and host."""
+    import fcntl   # POSIX only; imported here so the module still imports elsewhere
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    holder = self._holder()
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        os.close(fd)
+        raise self._in_use(self._holder() or holder) from None
+      if e.errno != errno.ENOLCK:
+        os.close(fd)
+        raise
+      # No flock here: fall back to the recorded pid.
+      if holder.get('pid') not in (None, os.getpid()) and (
+          holder.get('host') != socket.gethostname() or _pid_alive(int(holder['pid']))):
+        os.close(fd)
+        raise self._in_use(holder) from None
+    if holder.get('pid') is not None and (holder.get('pid'), holder.get('host')) != (
+        os.getpid(), socket.gethostname()):
+      logging.warning('taking over the stale lock %s of pid %s on host %r (that run is gone)',
+                      self.path, holder.get('pid'), holder.get('host'))
+    record = json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
+                         'since': time.strftime('%Y-%m-%dT%H:%M:%S')})
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, record.encode(), 0)
+    os.fsync(fd)
+    self._fd = fd
+
+  def release(self) -> None:
+    """Empties the lock file and drops the lock (no-op if not held). The file stays: unlinking
+    it would let a waiting process lock an orphaned inode while a third creates a new file."""
+    if self._fd is None:
+      return
+    with contextlib.suppress(OSError):
+      os.ftruncate(self._fd, 0)
+    os.close(self._fd)   # closing the descriptor drops the flock
+    self._fd = None
+
+  def __enter__(self):
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc_info):
+    self.release()

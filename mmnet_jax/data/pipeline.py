@@ -8,6 +8,16 @@ Per training episode (global step t, global row r): the episode comes from
 `episodes.train_episode` (rng [seed, t, r]); the query's augmentation uses
 default_rng([seed, t, r, 1]) and support k's default_rng([seed, t, r, 2 + k]).
 
+Bad input (see docs/robustness.md): every image and mask is checked when loaded
+(`load_sample`): unreadable (decoder error, truncated file), not (h, w[, 1|3|4]), image and mask
+of different sizes, or mask values outside 0..num_classes and 255 raise `BadSampleError`.
+Evaluation lets it propagate (the benchmark's episode list is fixed). Training counts and logs
+the skip and redraws the whole episode from default_rng([seed, t, r, REDRAW, a]) for attempt
+a = 1, 2, ... (augmentations [seed, t, r, REDRAW, a, 1] and [..., 2 + k]), so the stream stays
+a pure function of (seed, step, row); after MAX_REDRAWS failed attempts the error is raised.
+Grayscale and RGBA images are converted (`augment.to_rgb`); images smaller than the crop are
+padded (PFENet).
+
 Multi-process: process p builds global rows [p * host_batch, (p + 1) * host_batch) of every
 global batch, so the union over processes is the single-process global batch.
 
@@ -30,7 +40,9 @@ The pools (dataset.min_class_pixels, dataset.filter_intersection) and the eval e
 from __future__ import annotations
 
 import atexit
+import logging
 import math
+import threading
 import weakref
 from typing import Sequence
 
@@ -39,7 +51,30 @@ import numpy as np
 from mmnet_jax.data import augment
 from mmnet_jax.data import episodes as episodes_lib
 
+IGNORE = augment.IGNORE_LABEL
+
 _UNBOUNDED_STEPS = 2**62
+REDRAW = 7919        # marks the rng of a redrawn episode (distinct from the slot words 1, 2+k)
+MAX_REDRAWS = 8      # redraws of one training episode before a bad sample becomes an error
+
+
+class BadSampleError(ValueError):
+  """An image or mask that cannot be used: unreadable, malformed or inconsistent."""
+
+
+class SkipCounter:
+  """Thread-safe count of training episodes redrawn because of a bad sample (tf.data runs
+  batch builders on several threads). Counts batches built so far, prefetched ones included."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self.count = 0
+    self.last = ''
+
+  def record(self, message: str) -> None:
+    with self._lock:
+      self.count += 1
+      self.last = message
 
 
 def _tf():
@@ -72,13 +107,77 @@ def _row_range(global_batch: int, host_batch_size: int | None, process_index: in
   return range(process_index * host_batch_size, (process_index + 1) * host_batch_size)
 
 
+def load_sample(split, index: int) -> tuple[np.ndarray, np.ndarray]:
+  """(image, label) of split image `index`, checked; raises BadSampleError naming the image.
+
+  image: (h, w), (h, w, 1), (h, w, 3) or (h, w, 4) (converted later by augment.to_rgb);
+  label: (h, w) or (h, w, 1) integers in 0..split.num_classes or 255, same h, w as the image.
+  """
+  where = f'image {split.image_ids[index]!r} (index {index}) of {split.name}/{split.split}'
+  try:
+    image, label = split.load(index)
+  except Exception as e:  # decoders raise OSError, tf InvalidArgumentError, ValueError, ...
+    raise BadSampleError(f'{where} could not be read: {type(e).__name__}: {e}') from e
+  image, label = np.asarray(image), np.asarray(label)
+  if label.ndim == 3 and label.shape[2] == 1:
+    label = label[:, :, 0]
+  if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
+    raise BadSampleError(f'{where}: image shape {image.shape}, expected (h, w) or (h, w, C) '
+                         'with C in 1, 3, 4')
+  if label.ndim != 2:
+    raise BadSampleError(f'{where}: mask shape {label.shape}, expected (h, w)')
+  if image.shape[:2] != label.shape:
+    raise BadSampleError(f'{where}: image is {image.shape[0]}x{image.shape[1]} but its mask '
+                         f'is {label.shape[0]}x{label.shape[1]}; they must have the same size')
+  if min(label.shape) < 1:
+    raise BadSampleError(f'{where}: empty image {label.shape}')
+  if not np.issubdtype(label.dtype, np.integer):
+    raise BadSampleError(f'{where}: mask dtype {label.dtype}, expected integer class indices')
+  if not np.issubdtype(image.dtype, np.number) or (image.dtype.kind == 'f' and
+                                                   not np.isfinite(image).all()):
+    raise BadSampleError(f'{where}: image dtype {image.dtype} or values not finite numbers')
+  bad = (label < 0) | ((label > split.num_classes) & (label != IGNORE))
+  if bad.any():
+    values = np.unique(label[bad])[:5].tolist()
+    raise BadSampleError(f'{where}: mask values {values} outside 0..{split.num_classes} and '
+                         f'{IGNORE} (a class-index mask of {split.name} was expected)')
+  return image, label.astype(np.uint8)
+
+
 def _load_binarised(split, index: int, class_id: int):
-  image, label = split.load(index)
+  image, label = load_sample(split, index)
   return image, episodes_lib.binarise(label, class_id)
 
 
-def train_batch(pool: episodes_lib.Pool, config, step: int, rows: Sequence[int]) -> dict:
-  """The training batch rows `rows` of global step `step` (pure; numpy arrays)."""
+def _train_row(pool, ep, seed_words: list[int], kwargs) -> tuple:
+  """Augmented (query image, query label, support images, support labels) of one episode."""
+  image, label = _load_binarised(pool.split, ep.query_index, ep.class_id)
+  q_img, q_lbl = augment.train_transform(image, label, np.random.default_rng(seed_words + [1]),
+                                         **kwargs)
+  supports = []
+  for j, s in enumerate(ep.support_indices):
+    image, label = _load_binarised(pool.split, s, ep.class_id)
+    supports.append(augment.train_transform(
+        image, label, np.random.default_rng(seed_words + [2 + j]), **kwargs))
+  return q_img, q_lbl, supports
+
+
+def _episode(pool, seed: int, step: int, row: int, batch_size: int, shots: int, attempt: int):
+  """Episode of (step, row) on attempt `attempt` (0: the regular draw) and its rng words."""
+  if attempt == 0:
+    return (episodes_lib.train_episode(pool, seed, step, row, batch_size, shots),
+            [seed, step, row])
+  words = [seed, step, row, REDRAW, attempt]
+  rng = np.random.default_rng(words)
+  return episodes_lib.sample_episode(pool, int(rng.integers(len(pool))), shots, rng), words
+
+
+def train_batch(pool: episodes_lib.Pool, config, step: int, rows: Sequence[int],
+                skips: SkipCounter | None = None) -> dict:
+  """The training batch rows `rows` of global step `step` (pure; numpy arrays).
+
+  An episode touching a bad sample is redrawn (module docstring); `skips` counts those.
+  """
   seed, shots = int(config.seed), int(config.shots)
   t = config.train
   kwargs = dict(crop_size=int(t.crop_size), scale_min=float(t.scale_min),
@@ -94,16 +193,22 @@ def train_batch(pool: episodes_lib.Pool, config, step: int, rows: Sequence[int])
       'support_index': np.empty((b, k), np.int32),
   }
   for i, row in enumerate(rows):
-    ep = episodes_lib.train_episode(pool, seed, step, row, int(t.batch_size), shots)
-    image, label = _load_binarised(pool.split, ep.query_index, ep.class_id)
-    rng = np.random.default_rng([seed, step, row, 1])
-    out['query_img'][i], out['query_label'][i] = augment.train_transform(image, label, rng,
-                                                                         **kwargs)
-    for j, s in enumerate(ep.support_indices):
-      image, label = _load_binarised(pool.split, s, ep.class_id)
-      rng = np.random.default_rng([seed, step, row, 2 + j])
-      out['support_imgs'][i, j], out['support_labels'][i, j] = augment.train_transform(
-          image, label, rng, **kwargs)
+    for attempt in range(MAX_REDRAWS + 1):
+      ep, words = _episode(pool, seed, step, row, int(t.batch_size), shots, attempt)
+      try:
+        q_img, q_lbl, supports = _train_row(pool, ep, words, kwargs)
+        break
+      except BadSampleError as e:
+        message = f'step {step} row {row}: skipped an episode ({e})'
+        logging.warning('%s', message)
+        if skips is not None:
+          skips.record(message)
+        if attempt == MAX_REDRAWS:
+          raise BadSampleError(f'step {step} row {row}: {MAX_REDRAWS + 1} episodes in a row '
+                               f'hit bad samples; last: {e}') from e
+    out['query_img'][i], out['query_label'][i] = q_img, q_lbl
+    for j, (s_img, s_lbl) in enumerate(supports):
+      out['support_imgs'][i, j], out['support_labels'][i, j] = s_img, s_lbl
     out['class_id'][i] = ep.class_id
     out['query_index'][i] = ep.query_index
     out['support_index'][i] = ep.support_indices
@@ -166,8 +271,9 @@ class BatchStream:
   the exit, so open streams are closed by an atexit hook (and by `close`, `with`, or `del`).
   """
 
-  def __init__(self, dataset):
+  def __init__(self, dataset, skips: SkipCounter | None = None):
     global _ATEXIT_REGISTERED
+    self.skips = skips   # training streams: episodes redrawn because of bad samples
     if not _ATEXIT_REGISTERED:  # after TensorFlow's own hooks, so that it runs before them
       atexit.register(_close_open_streams)
       _ATEXIT_REGISTERED = True
@@ -202,7 +308,8 @@ def _close_open_streams():
     stream.close()
 
 
-def _as_numpy_stream(tf, indices, make_batch, example: dict) -> BatchStream:
+def _as_numpy_stream(tf, indices, make_batch, example: dict,
+                     skips: SkipCounter | None = None) -> BatchStream:
   """Maps tf.data over `indices` through `make_batch` (numpy) -> iterator of numpy dicts."""
   keys = sorted(example)
   dtypes = [tf.as_dtype(example[key].dtype) for key in keys]
@@ -218,7 +325,7 @@ def _as_numpy_stream(tf, indices, make_batch, example: dict) -> BatchStream:
     return dict(zip(keys, values))
 
   ds = indices.map(to_dict, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return BatchStream(ds.prefetch(tf.data.AUTOTUNE))
+  return BatchStream(ds.prefetch(tf.data.AUTOTUNE), skips)
 
 
 def train_dataset(pool: episodes_lib.Pool, config, start_step: int = 0,
@@ -239,11 +346,13 @@ def train_dataset(pool: episodes_lib.Pool, config, start_step: int = 0,
   episodes_lib.check_pool(pool, int(config.shots))
   if num_steps is None:
     num_steps = int(getattr(config.train, 'num_steps', 0) or 0) or _UNBOUNDED_STEPS
+  skips = SkipCounter()
   example = train_batch(pool, config, start_step, rows[:1])
   example = {k: np.empty((len(rows),) + v.shape[1:], v.dtype) for k, v in example.items()}
   tf = _tf()
   steps = tf.data.Dataset.range(int(start_step), int(num_steps))
-  return _as_numpy_stream(tf, steps, lambda step: train_batch(pool, config, step, rows), example)
+  return _as_numpy_stream(tf, steps, lambda step: train_batch(pool, config, step, rows, skips),
+                          example, skips)
 
 
 def eval_dataset(split, episode_list: Sequence[episodes_lib.Episode], config,
