@@ -87,6 +87,7 @@ def test_readme_summary_command_runs(tmp_path):
   assert 'memory' in proc.stdout and 'backbone' in proc.stdout
 
 
+@pytest.mark.slow   # ~30 s of CPU; the notebook test covers train/eval/restore/predict by default
 def test_readme_smoke_run_then_predict(tmp_path):
   """The README's one-minute run as written (data in a temp dir), then its predict command."""
   command = next(c for c in readme_commands() if ':runlocal' in c and '--mode' not in c)
