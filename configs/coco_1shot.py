@@ -15,7 +15,6 @@ def get_config(arg=None):
   c.train.base_lr = 0.02
   c.train.epochs = 50
   c.eval.size = 641
-  c.eval.num_episodes = 20000
   c.eval.max_label_size = 640
   if args['runlocal']:
     default.runlocal(c)
