@@ -308,7 +308,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _train_locked(config, workdir, mesh, stop: StopSignals) -> dict:
-  workdir_io.write_config(config, workdir)
   model = mmnet.build_model(config.model)
   train_classes, test_classes = datasets.fold_classes(
       config.dataset.name, config.dataset.fold, config.dataset.num_folds,
@@ -327,6 +326,8 @@ def _train_locked(config, workdir, mesh, stop: StopSignals) -> dict:
   state, tx = create_state(model, config, total_steps)
   ckpts = checkpoint.RunCheckpoints(workdir)
   state, meta = _restore(ckpts, state, mesh, config)
+  workdir_io.write_config(config, workdir)   # after the fingerprint check: a refused run
+                                            # leaves the workdir's record alone
   best_miou = -1.0
   if meta is not None:
     best_miou = float(meta.get('best_miou', -1.0))

@@ -185,3 +185,28 @@ def test_eval_resize_hand_made_100x60():
   np.testing.assert_array_equal(img[100:], 0)
   np.testing.assert_array_equal(lbl[:100, :60], label)
   assert (lbl[100:] == 255).all() and (lbl[:, 60:] == 255).all()
+
+
+def test_image_smaller_than_the_crop_is_padded_not_rejected():
+  """Bad-input policy (docs/robustness.md): small images are padded as PFENet does, with the
+  mean colour (0 after normalisation) and ignore (255) labels."""
+  image = np.full((10, 7, 3), 90, np.uint8)
+  label = np.ones((10, 7), np.uint8)
+  out, lbl = aug.train_transform(image, label, np.random.default_rng(0), crop_size=33,
+                                     scale_min=1.0, scale_max=1.0, rotate_deg=0.0)
+  assert out.shape == (33, 33, 3) and lbl.shape == (33, 33)
+  assert 0 < (lbl == 1).sum() <= 70 and (lbl == 255).sum() == 33 * 33 - (lbl == 1).sum()
+  np.testing.assert_allclose(out[lbl == 255], 0.0, atol=1e-6)   # the mean colour, normalised
+  one_pixel, _ = aug.train_transform(np.zeros((1, 1), np.uint8), np.zeros((1, 1), np.uint8),
+                                         np.random.default_rng(1), crop_size=33,
+                                         scale_min=0.9, scale_max=1.1)
+  assert one_pixel.shape == (33, 33, 3) and np.isfinite(one_pixel).all()
+
+
+def test_rgba_drops_alpha_and_grayscale_is_repeated():
+  rgb = np.random.default_rng(0).integers(0, 256, (5, 6, 3)).astype(np.uint8)
+  rgba = np.concatenate([rgb, np.zeros((5, 6, 1), np.uint8)], axis=2)
+  np.testing.assert_array_equal(aug.to_rgb(rgba), rgb.astype(np.float32))
+  np.testing.assert_array_equal(aug.to_rgb(rgb[:, :, 0])[:, :, 2], rgb[:, :, 0])
+  with pytest.raises(ValueError, match=r'got shape \(5, 6, 2\)'):
+    aug.to_rgb(rgb[:, :, :2])

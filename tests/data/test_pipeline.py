@@ -145,3 +145,24 @@ def test_open_stream_does_not_hang_interpreter_exit():
   proc = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True, text=True,
                         timeout=90)
   assert proc.returncode == 0 and 'done' in proc.stdout, proc.stderr[-2000:]
+
+
+def test_stream_with_a_bad_image_is_deterministic_resumable_and_counts_skips(setup):
+  split, config, _ = setup
+  def load(i):
+    if i == 2:
+      raise OSError('truncated file')
+    return split.load(i)
+  bad = split.__class__(name=split.name, split=split.split, num_classes=split.num_classes,
+                        image_ids=split.image_ids, class_areas=split.class_areas, load=load)
+  pool = pipeline.train_pool(bad, [1, 2, 3, 4], config)
+  stream = pipeline.train_dataset(pool, config, 0, 4, num_steps=6)
+  batches = list(stream)
+  assert stream.skips.count > 0 and "'img002'" in stream.skips.last
+  used = {int(i) for b in batches for i in np.concatenate([b['query_index'],
+                                                           b['support_index'].ravel()])}
+  assert 2 not in used
+  resumed = next(pipeline.train_dataset(pool, config, 3, 4, num_steps=6))
+  assert_same(resumed, batches[3])
+  with pytest.raises(pipeline.BadSampleError, match="image 'img002'"):
+    pipeline.load_sample(bad, 2)
