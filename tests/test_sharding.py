@@ -63,12 +63,17 @@ def test_train_step_on_8_devices_equals_1_device():
   host_batch = _batch(config)
   one, m1 = _step_on(jax.devices()[:1], config, model, state, tx, host_batch)
   eight, m8 = _step_on(jax.devices()[:8], config, model, state, tx, host_batch)
-  # Parameters, BN running statistics (global-batch statistics) and losses agree.
+  # Parameters, BN running statistics (global-batch statistics) and losses agree: within 1e-5
+  # of the tree's largest value, and 1e-4 per leaf (a zero-initialised bias is its update
+  # alone, where the cross-device reduction order shows at ~1e-5 on jax 0.7.2).
   for tree in ('params', 'batch_stats'):
     flat1 = jax.tree_util.tree_leaves_with_path(one[tree])
     flat8 = jax.tree_util.tree_leaves(eight[tree])
+    scale = max(float(np.max(np.abs(a))) for _, a in flat1)
     for (path, a), b in zip(flat1, flat8):
-      assert _max_rel(b, a) <= 1e-5, (jax.tree_util.keystr(path), _max_rel(b, a))
+      diff = float(np.max(np.abs(np.asarray(b, np.float64) - a)))
+      assert diff <= 1e-5 * scale, (jax.tree_util.keystr(path), diff / scale)
+      assert _max_rel(b, a) <= 1e-4, (jax.tree_util.keystr(path), _max_rel(b, a))
   for key in ('loss', 'main', 'aux', 'recon'):
     assert abs(float(m8[key]) - float(m1[key])) <= 1e-5 * abs(float(m1[key])), key
   # The step really changed the parameters (the comparison is not of two copies of the input).
