@@ -36,11 +36,16 @@ def main(argv):
   predict_args = {'supports': _SUPPORT.value, 'query': _QUERY.value, 'output': _OUTPUT.value,
                   'mask_class': _MASK_CLASS.value}
   try:
-    cli.run(_MODE.value, _CONFIG.value, _WORKDIR.value, predict_args=predict_args)
+    result = cli.run(_MODE.value, _CONFIG.value, _WORKDIR.value, predict_args=predict_args)
   except (FileNotFoundError, ValueError) as e:
     if _MODE.value != 'predict':
       raise
     sys.exit(f'error: {e}')   # a bad file or flag: the message, not a traceback
+  # A preempted run saved its checkpoint and stopped: exit like the signal so schedulers
+  # requeue it (128 + SIGTERM/SIGINT).
+  stopped_by = result.get('preempted') if isinstance(result, dict) else None
+  if stopped_by:
+    sys.exit(cli.PREEMPTED_EXIT_CODES.get(stopped_by, 1))
 
 
 if __name__ == '__main__':

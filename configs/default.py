@@ -102,6 +102,7 @@ def get_config(arg=None):
   c.eval.select_on = 'test_fold'  # 'test_fold' (the original's choice) or 'last'
   c.eval.during_training_episodes = 1000
   c.eval.baselines = True
+  c.eval.pictures = 8             # episode grids saved (workdir/pictures) and sent to TensorBoard
 
   if args['runlocal']:
     runlocal(c)

@@ -12,6 +12,9 @@ import ml_collections
 MODES = ('train', 'eval', 'summary', 'predict')
 
 
+PREEMPTED_EXIT_CODES = {'SIGTERM': 143, 'SIGINT': 130}
+
+
 def initialize_distributed() -> None:
   """Joins a multi-host run when a cluster environment exists; a no-op on one host."""
   try:

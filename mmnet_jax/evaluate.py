@@ -123,7 +123,7 @@ def stretch_eval_batch(split, episode_list, size: int, label_side: int, original
     ep = episode_list[pos if valid else -1]
     if len(ep.support_indices) != k:
       raise ValueError(f'episode {pos} has {len(ep.support_indices)} supports, episode 0 has {k}')
-    image, label = split.load(ep.query_index)
+    image, label = pipeline.load_sample(split, ep.query_index)
     label = episodes_lib.binarise(label, ep.class_id)
     out['query_img'][i], out['query_label'][i] = stretch_pair(image, label, size)
     scored = label if original else out['query_label'][i]
@@ -136,7 +136,7 @@ def stretch_eval_batch(split, episode_list, size: int, label_side: int, original
     out['eval_label_size'][i] = max(h, w)
     out['eval_label_hw'][i] = (h, w)
     for j, s in enumerate(ep.support_indices):
-      image, label = split.load(s)
+      image, label = pipeline.load_sample(split, s)
       out['support_imgs'][i, j], out['support_labels'][i, j] = stretch_pair(
           image, episodes_lib.binarise(label, ep.class_id), size)
     out['class_id'][i] = ep.class_id
@@ -340,19 +340,28 @@ class Evaluator:
 
 
 def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, model):
-  """Variables of the checkpoint the config selects: best (select_on='test_fold') or latest."""
+  """Variables to evaluate: the workdir checkpoint the config selects (best when
+  select_on='test_fold', else latest); without any checkpoint there, the converted weights of
+  config.init_from (e.g. a released MM-Net checkpoint). Returns (variables, step, source)."""
   from mmnet_jax import train   # train imports this module; import lazily
   ckpts = checkpoint.RunCheckpoints(workdir)
   manager = ckpts.best if config.eval.select_on == 'test_fold' else ckpts.latest
   if manager.latest_step() is None:
     manager = ckpts.latest
   if manager.latest_step() is None:
+    ckpts.close()
+    if config.init_from:
+      variables = train.load_init_from(config, train.init_variables(model, config))
+      return variables, 0, f'init_from {config.init_from}'
     raise FileNotFoundError(f'no checkpoint in {workdir}/{checkpoint.LATEST_DIR} or '
-                            f'{workdir}/{checkpoint.BEST_DIR}: train first (--mode=train)')
+                            f'{workdir}/{checkpoint.BEST_DIR} and no config.init_from: train '
+                            'first (--mode=train) or convert weights (python -m mmnet_jax.convert)')
+  # Refuse another model's checkpoint by its metadata before shapes fail to restore.
+  workdir_io.check_fingerprint(checkpoint.restore_meta(manager), train.config_fingerprint(config),
+                               str(manager.directory))
   abstract = checkpoint.abstract_like(train.abstract_state(model, config),
                                       sharding.replicated(sharding.make_mesh()))
   state, meta = checkpoint.restore(manager, abstract)
-  workdir_io.check_fingerprint(meta, train.config_fingerprint(config), str(manager.directory))
   ckpts.close()
   which = 'best' if manager is ckpts.best else 'latest'
   return {'params': state['params'], 'batch_stats': state['batch_stats']}, int(meta['step']), which
@@ -362,16 +371,21 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Restores the selected checkpoint of `workdir`, evaluates it under the config's protocol
   (with the baselines on the same episodes), saves the episode lists (one file per seed) and
   writes `results.json`."""
+  from mmnet_jax import config_checks
+  from mmnet_jax import visualize
   from mmnet_jax.models import mmnet
-  model = mmnet.build_model(config.model)
   mesh = sharding.make_mesh()
+  config_checks.check_config(config, num_devices=mesh.devices.size)
+  model = mmnet.build_model(config.model)
   _, test_classes = datasets.fold_classes(
       config.dataset.name, config.dataset.fold, config.dataset.num_folds,
       coco_convention=config.dataset.coco_convention)
   variables, step, which = restore_for_eval(config, workdir, model)
   evaluator = Evaluator(config, model, mesh, test_classes)
+  grids = visualize.EpisodeGrids(workdir, max_episodes=config.eval.pictures, step=step)
   summary = evaluator.evaluate_protocol(variables, with_baselines=config.eval.baselines,
-                                        episodes_dir=workdir)
+                                        episodes_dir=workdir, on_batch=grids)
+  grids.close()
   files = summary['protocol_params']['episodes_files']
   results = dict(summary, step=step, checkpoint=which, selection=config.eval.select_on,
                  protocol=config.eval.protocol, dataset=config.dataset.name,
@@ -379,6 +393,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  episodes_file=files[0] if len(files) == 1 else files)
   if jax.process_index() == 0:
     workdir_io.write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
+    visualize.plot_run(workdir)
     print(format_results(results), flush=True)
   return results
 
