@@ -25,7 +25,7 @@ def _config(data_dir):
   c = synth_1shot.get_config('runlocal')
   c.dataset.data_dir = data_dir
   c.train.num_steps = 2
-  c.train.batch_size = 4
+  c.train.batch_size = 8   # divisible by the children's 4 devices and the parent's 8
   c.train.eval_every = 2
   c.train.log_every = 1
   c.eval.batch_size = 8
