@@ -14,6 +14,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from mmnet_jax import cli
+from mmnet_jax import sharding
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, optionally with an argument: configs/pascal_1shot.py:fold=2',
@@ -33,6 +34,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)   # orbax and TFDS log every step at INFO
+  # Joins a multi-host run (TPU pods, SLURM, ...) before anything touches the backend; a no-op
+  # on one host. Here, not in cli.run, which tests and notebooks call after JAX has started.
+  sharding.initialize_distributed()
   predict_args = {'supports': _SUPPORT.value, 'query': _QUERY.value, 'output': _OUTPUT.value,
                   'mask_class': _MASK_CLASS.value}
   try:

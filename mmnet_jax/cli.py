@@ -15,14 +15,6 @@ MODES = ('train', 'eval', 'summary', 'predict')
 PREEMPTED_EXIT_CODES = {'SIGTERM': 143, 'SIGINT': 130}
 
 
-def initialize_distributed() -> None:
-  """Joins a multi-host run when a cluster environment exists; a no-op on one host."""
-  try:
-    jax.distributed.initialize()
-  except (ValueError, RuntimeError):
-    pass   # single host, no cluster environment
-
-
 def run(mode: str, config: ml_collections.ConfigDict, workdir: str | None,
         predict_args: dict | None = None):
   """Runs one mode; returns its result (results dict, summary text or prediction paths).
@@ -40,7 +32,6 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str | None,
     return text
   if not workdir:
     raise ValueError(f'--workdir is required for --mode={mode}')
-  initialize_distributed()
   if mode == 'train':
     from mmnet_jax import train
     return train.train_and_evaluate(config, workdir)

@@ -176,8 +176,10 @@ def eval_interval(config: ml_collections.ConfigDict, pool_size: int) -> int:
 
 
 def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
-  """The parts of a config that must match for a checkpoint to be resumed or evaluated."""
-  return {'model': config.model.to_dict(), 'shots': config.shots,
+  """The parts of a config that must match for a checkpoint to be resumed or evaluated.
+  The compute dtype and the attention chunking change no parameter, so they may differ."""
+  model = {k: v for k, v in config.model.to_dict().items() if k not in ('dtype', 'attention_chunk')}
+  return {'model': model, 'shots': config.shots,
           'dataset': config.dataset.name, 'fold': config.dataset.fold}
 
 
