@@ -86,11 +86,26 @@ def init_variables(model, config: ml_collections.ConfigDict) -> dict:
 
 
 def load_init_from(config: ml_collections.ConfigDict, variables: dict) -> dict:
-  """Overwrites `variables` with the converted weights named by config.init_from."""
+  """Overwrites `variables` with the converted weights named by config.init_from.
+
+  init_from_format 'backbone' takes only the backbone of the file (ImageNet weights; the head
+  keeps its fresh initialisation); 'full' requires the file to cover every model parameter
+  (a released MM-Net checkpoint) and raises naming the first modules it lacks.
+  """
   if not config.init_from:
     return variables
   from mmnet_jax import convert   # imported lazily: only runs that import weights need it
   converted = convert.load_converted(config.init_from)
+  if config.init_from_format == 'backbone':
+    converted = {c: {'backbone': t['backbone']} for c, t in converted.items() if 'backbone' in t}
+    if not converted:
+      raise ValueError(f'config.init_from={config.init_from!r} holds no backbone weights '
+                       "(config.init_from_format='backbone')")
+  else:
+    missing = sorted(set(variables['params']) - set(converted.get('params', {})))
+    if missing:
+      raise ValueError(f'config.init_from={config.init_from!r} lacks the modules {missing}; '
+                       "init_from_format='full' needs a whole-model conversion (mmnet-official)")
   return convert.merge_into(variables, converted)
 
 
