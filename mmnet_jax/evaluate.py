@@ -104,20 +104,9 @@ def stretch_eval_batch(split, episode_list, size: int, label_side: int, original
   """
   if not episode_list:
     raise ValueError('stretch_eval_batch: the episode list is empty')
-  b, k = len(positions), len(episode_list[0].support_indices)
-  out = {
-      'query_img': np.empty((b, size, size, 3), np.float32),
-      'query_label': np.empty((b, size, size), np.int32),
-      'support_imgs': np.empty((b, k, size, size, 3), np.float32),
-      'support_labels': np.empty((b, k, size, size), np.int32),
-      'class_id': np.empty((b,), np.int32),
-      'query_index': np.empty((b,), np.int32),
-      'support_index': np.empty((b, k), np.int32),
-      'eval_label': np.full((b, label_side, label_side), augment.IGNORE_LABEL, np.uint8),
-      'eval_label_size': np.empty((b,), np.int32),
-      'eval_label_hw': np.empty((b, 2), np.int32),
-      'valid': np.empty((b,), bool),
-  }
+  k = len(episode_list[0].support_indices)
+  out = pipeline.empty_batch(len(positions), k, size, eval_label_side=label_side,
+                             with_label_hw=True)
   for i, pos in enumerate(positions):
     valid = pos < len(episode_list)
     ep = episode_list[pos if valid else -1]

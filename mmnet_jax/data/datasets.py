@@ -223,12 +223,13 @@ class TfdsLoader:
     return image, np.asarray(example['label'], np.uint8)[..., 0]
 
 
-def split_from_tfds(builder, name, split):
-  """A built real-data TFDS builder's `split` as a `FewShotSplit`, rows in `list_index` order.
+def split_from_tfds(builder, name, split, sort_by='list_index'):
+  """A built TFDS few-shot builder's `split` as a `FewShotSplit`, rows ordered by `sort_by`
+  ('list_index': the source list's order (pascal.py, coco.py); 'image_id': synthetic).
 
-  The builder's features must hold image, label (h, w, 1), image_id, list_index, classes and
-  class_areas (pascal.py, coco.py). Only the small fields are read here; images are decoded by
-  `load` on demand.
+  The builder's features are `fss_features`. Only the small fields are read here (an
+  array_record source's read order is not its write order, hence the sort); images are decoded
+  by `load` on demand.
   """
   import tensorflow_datasets as tfds
   meta = builder.as_data_source(split=split, decoders={
@@ -239,8 +240,9 @@ def split_from_tfds(builder, name, split):
     ident = ex['image_id']
     ident = ident.decode() if isinstance(ident, bytes) else str(ident)
     areas = {int(c): int(a) for c, a in zip(ex['classes'], ex['class_areas'])}
-    rows.append((int(ex['list_index']), ident, i, areas))
-  rows.sort(key=lambda r: r[0])  # array_record read order is not the write order
+    key = ident if sort_by == 'image_id' else int(ex[sort_by])
+    rows.append((key, ident, i, areas))
+  rows.sort(key=lambda r: r[0])
   return FewShotSplit(
       name=name, split=split, num_classes=NUM_CLASSES[name],
       image_ids=tuple(r[1] for r in rows), class_areas=tuple(r[3] for r in rows),

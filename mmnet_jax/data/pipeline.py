@@ -182,16 +182,7 @@ def train_batch(pool: episodes_lib.Pool, config, step: int, rows: Sequence[int],
   t = config.train
   kwargs = dict(crop_size=int(t.crop_size), scale_min=float(t.scale_min),
                 scale_max=float(t.scale_max), rotate_deg=float(t.rotate_deg))
-  b, k, size = len(rows), shots, int(t.crop_size)
-  out = {
-      'query_img': np.empty((b, size, size, 3), np.float32),
-      'query_label': np.empty((b, size, size), np.int32),
-      'support_imgs': np.empty((b, k, size, size, 3), np.float32),
-      'support_labels': np.empty((b, k, size, size), np.int32),
-      'class_id': np.empty((b,), np.int32),
-      'query_index': np.empty((b,), np.int32),
-      'support_index': np.empty((b, k), np.int32),
-  }
+  out = empty_batch(len(rows), shots, int(t.crop_size))
   for i, row in enumerate(rows):
     for attempt in range(MAX_REDRAWS + 1):
       ep, words = _episode(pool, seed, step, row, int(t.batch_size), shots, attempt)
@@ -215,6 +206,30 @@ def train_batch(pool: episodes_lib.Pool, config, step: int, rows: Sequence[int],
   return out
 
 
+def empty_batch(b: int, k: int, size: int, eval_label_side: int | None = None,
+                with_label_hw: bool = False) -> dict:
+  """Uninitialised arrays of a batch of `b` episodes of `k` shots at `size` (the keys of
+  docs/architecture.md); with `eval_label_side` also the eval keys (eval_label filled with 255),
+  with `with_label_hw` also `eval_label_hw`."""
+  out = {
+      'query_img': np.empty((b, size, size, 3), np.float32),
+      'query_label': np.empty((b, size, size), np.int32),
+      'support_imgs': np.empty((b, k, size, size, 3), np.float32),
+      'support_labels': np.empty((b, k, size, size), np.int32),
+      'class_id': np.empty((b,), np.int32),
+      'query_index': np.empty((b,), np.int32),
+      'support_index': np.empty((b, k), np.int32),
+  }
+  if eval_label_side is not None:
+    out['eval_label'] = np.full((b, eval_label_side, eval_label_side), augment.IGNORE_LABEL,
+                                np.uint8)
+    out['eval_label_size'] = np.empty((b,), np.int32)
+    out['valid'] = np.empty((b,), bool)
+  if with_label_hw:
+    out['eval_label_hw'] = np.empty((b, 2), np.int32)
+  return out
+
+
 def eval_batch(split, episode_list: Sequence[episodes_lib.Episode], config,
                positions: Sequence[int]) -> dict:
   """The eval batch of episode-list positions `positions` (pure; numpy arrays).
@@ -225,19 +240,8 @@ def eval_batch(split, episode_list: Sequence[episodes_lib.Episode], config,
     raise ValueError('eval_batch: the episode list is empty')
   size, s_max = int(config.eval.size), int(config.eval.max_label_size)
   fill = getattr(config.eval, 'pad_fill', None) or 'black'
-  b, k = len(positions), len(episode_list[0].support_indices)
-  out = {
-      'query_img': np.empty((b, size, size, 3), np.float32),
-      'query_label': np.empty((b, size, size), np.int32),
-      'support_imgs': np.empty((b, k, size, size, 3), np.float32),
-      'support_labels': np.empty((b, k, size, size), np.int32),
-      'class_id': np.empty((b,), np.int32),
-      'query_index': np.empty((b,), np.int32),
-      'support_index': np.empty((b, k), np.int32),
-      'eval_label': np.full((b, s_max, s_max), augment.IGNORE_LABEL, np.uint8),
-      'eval_label_size': np.empty((b,), np.int32),
-      'valid': np.empty((b,), bool),
-  }
+  k = len(episode_list[0].support_indices)
+  out = empty_batch(len(positions), k, size, eval_label_side=s_max)
   for i, pos in enumerate(positions):
     valid = pos < len(episode_list)
     ep = episode_list[pos if valid else -1]

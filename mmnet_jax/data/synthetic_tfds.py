@@ -97,20 +97,4 @@ def open_split(gen, split, data_dir):
   Rows are ordered by image_id (an array_record source's index order is not its write order),
   so row i is `synthetic.render_example(gen, split, i)`.
   """
-  builder = build(gen, data_dir)
-  # Metadata pass: skip the png decoding, only the small fields are needed.
-  meta = builder.as_data_source(split=split, decoders={
-      'image': tfds.decode.SkipDecoding(), 'label': tfds.decode.SkipDecoding()})
-  rows = []
-  for i in range(len(meta)):
-    ex = meta[i]
-    ident = ex['image_id']
-    ident = ident.decode() if isinstance(ident, bytes) else str(ident)
-    areas = {int(c): int(a) for c, a in zip(ex['classes'], ex['class_areas'])}
-    rows.append((ident, i, areas))
-  rows.sort(key=lambda r: r[0])
-  return datasets.FewShotSplit(
-      name='synthetic', split=split, num_classes=synthetic.NUM_CLASSES,
-      image_ids=tuple(r[0] for r in rows),
-      class_areas=tuple(r[2] for r in rows),
-      load=datasets.TfdsLoader(builder.as_data_source(split=split), tuple(r[1] for r in rows)))
+  return datasets.split_from_tfds(build(gen, data_dir), 'synthetic', split, sort_by='image_id')
