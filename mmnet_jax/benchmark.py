@@ -1,0 +1,435 @@
+"""Speed of the train and eval steps: `python -m mmnet_jax.benchmark`.
+
+For each configuration (`{backbone}-{size}-k{shots}`: r50-473-k1, r50-473-k5, r101-641-k1,
+r101-641-k5, or tiny-65-k1 for tests) it measures on the default device, with random weights
+and random batches of the real shapes:
+* compile time (lower + compile of the jitted step);
+* train step (forward, backward, SGD update; donated state, as `train.py` runs it) and eval
+  step (`evaluate.make_eval_step`): median seconds over --repeats calls after --warmup
+  untimed ones, each call waited for with block_until_ready; seconds per episode = / batch;
+* peak memory: XLA's memory analysis of the compiled step (arguments + outputs - donated
+  aliases + temporaries) and the process's peak RSS while the step runs (VmHWM, reset before);
+* achieved FLOP/s: XLA's cost analysis of the compiled step / median seconds, against the
+  device's measured peak (a large float32 matmul, `measure_peak`);
+* the frozen backbone alone (eval mode, the step's K+1 images per episode): its FLOP/s as a
+  share of the peak, i.e. how well the convolutions use the device;
+and, with --input, the tf.data pipelines' episodes/s (`benchmark_input.input_rates`).
+Prints a table and, with --output, writes JSON. docs/benchmarks.md has the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+BACKBONE_NAMES = {'r50': 'resnet50', 'r101': 'resnet101', 'tiny': 'tiny'}
+DEFAULT_CONFIGS = ('r50-473-k1', 'r50-473-k5', 'r101-641-k1', 'r101-641-k5')
+QUICK_CONFIGS = ('r50-473-k1',)
+
+
+def parse_config_name(name: str) -> dict:
+  """'r50-473-k5' -> {'name', 'backbone': 'resnet50', 'size': 473, 'shots': 5}."""
+  match = re.fullmatch(r'(r50|r101|tiny)-(\d+)-k(\d+)', name)
+  if not match:
+    raise ValueError(f'--configs: {name!r} is not {{r50|r101|tiny}}-{{size}}-k{{shots}} '
+                     f'(e.g. r50-473-k1)')
+  backbone, size, shots = match.group(1), int(match.group(2)), int(match.group(3))
+  if (size - 1) % 8 or size < 9 or shots < 1:
+    raise ValueError(f'--configs: {name!r} needs size = 8n + 1 >= 9 and shots >= 1')
+  return {'name': name, 'backbone': BACKBONE_NAMES[backbone], 'size': size, 'shots': shots}
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--configs', default=','.join(DEFAULT_CONFIGS),
+                 help='comma-separated {r50|r101|tiny}-{size}-k{shots}')
+  p.add_argument('--quick', action='store_true',
+                 help=f'only {",".join(QUICK_CONFIGS)} (a 2-core CPU takes minutes per config)')
+  p.add_argument('--train-batch', type=int, default=4, help='train episodes per step (MM-Net: 4)')
+  p.add_argument('--eval-batch', type=int, default=1, help='eval episodes per step (MM-Net: 1)')
+  p.add_argument('--repeats', type=int, default=3, help='timed calls per step (median)')
+  p.add_argument('--warmup', type=int, default=1, help='untimed calls after compilation')
+  p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  p.add_argument('--attention-chunk', type=int, default=0, help='config.model.attention_chunk')
+  p.add_argument('--skip', default='', help="comma-separated parts to skip: train, eval, backbone")
+  p.add_argument('--peak-size', type=int, default=4096, help='side of the peak-FLOP/s matmul')
+  p.add_argument('--input', action='store_true',
+                 help='also time the tf.data pipelines (benchmark_input, real-size images)')
+  p.add_argument('--input-batches', type=int, default=4, help='timed batches per input stream')
+  p.add_argument('--output', default='', help='write the results as JSON here')
+  return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement helpers (pure apart from the clock and /proc).
+
+def median_seconds(call: Callable[[], Any], repeats: int, warmup: int) -> dict:
+  """Runs call() warmup + repeats times, waiting for each result; median of the timed ones."""
+  import jax
+  for _ in range(warmup):
+    jax.block_until_ready(call())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(call())
+    times.append(time.perf_counter() - start)
+  return {'median_s': statistics.median(times), 'min_s': min(times), 'times_s': times}
+
+
+def reset_peak_rss() -> bool:
+  """Resets the process's peak RSS (Linux: '5' to /proc/self/clear_refs); False if unsupported."""
+  try:
+    with open('/proc/self/clear_refs', 'w') as f:
+      f.write('5')
+    return True
+  except OSError:
+    return False
+
+
+def peak_rss_bytes() -> int | None:
+  """Peak resident set size since the last reset (VmHWM), or since start; None if unknown."""
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  try:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  except (ImportError, OSError):
+    return None
+
+
+def cost_flops(compiled) -> float | None:
+  """FLOPs of one call of a compiled program from XLA's cost analysis (None if unavailable)."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except  (not every backend implements it)
+    return None
+  if isinstance(cost, (list, tuple)):   # older jax: one dict per program
+    cost = cost[0] if cost else {}
+  flops = (cost or {}).get('flops')
+  return float(flops) if flops is not None and flops > 0 else None
+
+
+def xla_memory(compiled) -> dict:
+  """XLA's memory analysis in bytes, with peak = arguments + outputs - aliases + temporaries."""
+  try:
+    ma = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return {}
+  if ma is None:
+    return {}
+  keys = ('temp_size_in_bytes', 'argument_size_in_bytes', 'output_size_in_bytes',
+          'alias_size_in_bytes')
+  out = {k: int(getattr(ma, k, 0) or 0) for k in keys}
+  out['peak_bytes'] = (out['temp_size_in_bytes'] + out['argument_size_in_bytes'] +
+                       out['output_size_in_bytes'] - out['alias_size_in_bytes'])
+  return out
+
+
+def compile_jitted(jitted, *args) -> tuple[Any, float]:
+  """(compiled, seconds) of lower + compile for these arguments."""
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
+def measure_peak(size: int = 4096, repeats: int = 5) -> dict:
+  """The device's float32 matmul FLOP/s: the best of `repeats` jitted (size x size) @ (size x size)."""
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+  matmul = jax.jit(lambda x, y: x @ y)
+  timing = median_seconds(lambda: matmul(a, b), repeats, warmup=1)
+  flops = 2.0 * size ** 3
+  # The peak is the best call: a shared machine only ever slows calls down.
+  return {'matmul_size': size, 'flops': flops, 'median_s': timing['median_s'],
+          'flops_per_s': flops / timing['min_s'],
+          'median_flops_per_s': flops / timing['median_s']}
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps.
+
+def make_config(spec: dict, train_batch: int, dtype: str = 'float32', chunk: int = 0):
+  """The default (MM-Net) config at the spec's backbone, size and shots."""
+  from configs import default
+  config = default.get_config(f'shots={spec["shots"]}')
+  config.model.backbone = spec['backbone']
+  config.model.dtype = dtype
+  config.model.attention_chunk = chunk
+  config.train.crop_size = spec['size']
+  config.train.batch_size = train_batch
+  config.eval.size = spec['size']
+  if spec['backbone'] == 'tiny':   # the runlocal model: small widths, trainable backbone
+    config.model.freeze_backbone = False
+    config.model.reduce_dim = 32
+    config.model.memory_slots = 16
+    config.model.ppm_scales = (1.0, 0.5, 0.25, 0.125)
+  return config
+
+
+def random_batch(batch: int, shots: int, size: int, seed: int = 0) -> dict:
+  """Random normalised images and labels (0/1 blobs of random pixels, a 255 band), as arrays."""
+  import jax.numpy as jnp
+  rng = np.random.default_rng(seed)
+  labels = (rng.random((batch, 1 + shots, size, size)) < 0.3).astype(np.int32)
+  labels[..., -4:, :] = 255
+  return {
+      'query_img': jnp.asarray(rng.standard_normal((batch, size, size, 3)), jnp.float32),
+      'query_label': jnp.asarray(labels[:, 0]),
+      'support_imgs': jnp.asarray(rng.standard_normal((batch, shots, size, size, 3)),
+                                  jnp.float32),
+      'support_labels': jnp.asarray(labels[:, 1:]),
+  }
+
+
+def init_state(model, config):
+  """A fresh train state (random init) and its optimiser, as `train.create_state`."""
+  from mmnet_jax import train
+  return train.create_state(model, config, total_steps=1000)
+
+
+def bench_train(model, config, state, tx, batch: dict, repeats: int, warmup: int) -> dict:
+  """Compile and time the jitted train step (state donated) on `batch`."""
+  import jax
+  from mmnet_jax import train
+  step = jax.jit(train.make_train_step(model, tx, config), donate_argnums=(0,))
+  state = jax.tree_util.tree_map(lambda x: x.copy(), state)   # donated below: keep the caller's
+  compiled, compile_s = compile_jitted(step, state, batch)
+  holder = {'state': state}
+
+  def call():
+    holder['state'], metrics = compiled(holder['state'], batch)
+    return metrics
+  reset_peak_rss()
+  timing = median_seconds(call, repeats, warmup)
+  return dict(timing, compile_s=compile_s, flops=cost_flops(compiled),
+              xla_memory=xla_memory(compiled), peak_rss_bytes=peak_rss_bytes())
+
+
+def bench_eval(model, variables: dict, batch: dict, repeats: int, warmup: int) -> dict:
+  """Compile and time `evaluate.make_eval_step` (as the Evaluator jits it) on `batch`."""
+  import jax
+  from mmnet_jax import evaluate
+  step = jax.jit(evaluate.make_eval_step(model))
+  eval_batch = {k: batch[k] for k in ('query_img', 'support_imgs', 'support_labels')}
+  compiled, compile_s = compile_jitted(step, variables, eval_batch)
+  reset_peak_rss()
+  timing = median_seconds(lambda: compiled(variables, eval_batch), repeats, warmup)
+  return dict(timing, compile_s=compile_s, flops=cost_flops(compiled),
+              xla_memory=xla_memory(compiled), peak_rss_bytes=peak_rss_bytes())
+
+
+def backbone_forward(backbone_name: str, dtype: str = 'float32'):
+  """f(backbone_variables, images) -> (layer2, layer3, layer4): the backbone alone, eval mode."""
+  from mmnet_jax.models import backbone as backbone_lib
+  from mmnet_jax.models import mmnet
+  net = backbone_lib.ResNetBackbone(backbone_name, dtype=mmnet.DTYPES[dtype])
+  return lambda v, x: net.apply(v, x, True)
+
+
+def bench_backbone(backbone_name: str, variables: dict, images, repeats: int, warmup: int,
+                   dtype: str = 'float32') -> dict:
+  """Compile and time the backbone forward on `images` (N, H, W, 3): the convolutions' speed."""
+  import jax
+  sub = {'params': variables['params']['backbone'],
+         'batch_stats': variables['batch_stats']['backbone']}
+  fn = jax.jit(backbone_forward(backbone_name, dtype))
+  compiled, compile_s = compile_jitted(fn, sub, images)
+  timing = median_seconds(lambda: compiled(sub, images), repeats, warmup)
+  return dict(timing, compile_s=compile_s, flops=cost_flops(compiled),
+              images=int(images.shape[0]))
+
+
+def count_primitive(jaxpr, name: str) -> int:
+  """Occurrences of primitive `name` in a (closed) jaxpr, sub-jaxprs included (each once)."""
+  jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
+  total = 0
+  for eqn in jaxpr.eqns:
+    total += eqn.primitive.name == name
+    for value in eqn.params.values():
+      for sub in (value if isinstance(value, (list, tuple)) else (value,)):
+        if hasattr(sub, 'eqns') or hasattr(getattr(sub, 'jaxpr', None), 'eqns'):
+          total += count_primitive(sub, name)
+  return total
+
+
+def frozen_backbone_convs(model, config, state, tx, batch: dict) -> dict:
+  """Convolution counts showing whether the train step differentiates through the backbone.
+
+  Counts `conv_general_dilated` in the jaxprs of: the eval forward, the backbone forward
+  (x the K+1 backbone calls of an episode), and the train step. Every non-backbone conv adds
+  at most 2 convs to the backward pass (input and kernel gradients), so a train step without
+  backbone backward has at most eval + 2 x (eval - backbone) convs; `backbone_backward_convs`
+  is what it has beyond that bound (0 when the backbone is frozen).
+  """
+  import jax
+  from mmnet_jax import evaluate
+  from mmnet_jax import train
+  conv = 'conv_general_dilated'
+  variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
+  eval_batch = {k: batch[k] for k in ('query_img', 'support_imgs', 'support_labels')}
+  n_eval = count_primitive(jax.make_jaxpr(evaluate.make_eval_step(model))(variables, eval_batch),
+                           conv)
+  sub = {'params': state['params']['backbone'], 'batch_stats': state['batch_stats']['backbone']}
+  n_backbone = count_primitive(jax.make_jaxpr(backbone_forward(config.model.backbone))(
+      sub, batch['query_img']), conv) * (1 + batch['support_imgs'].shape[1])
+  n_train = count_primitive(jax.make_jaxpr(train.make_train_step(model, tx, config))(
+      state, batch), conv)
+  bound = n_eval + 2 * (n_eval - n_backbone)
+  return {'eval_convs': n_eval, 'backbone_convs': n_backbone, 'train_convs': n_train,
+          'no_backbone_backward_bound': bound,
+          'backbone_backward_convs': max(0, n_train - bound),
+          'freeze_backbone': bool(config.model.freeze_backbone)}
+
+
+def rates(part: dict, episodes: int, peak: float | None) -> dict:
+  """Adds episodes/s, seconds per episode and FLOP/s (and % of peak) to a timing dict."""
+  out = dict(part)
+  out['episodes'] = episodes
+  out['s_per_episode'] = part['median_s'] / episodes
+  out['episodes_per_s'] = episodes / part['median_s']
+  if part.get('flops'):
+    out['flops_per_s'] = part['flops'] / part['median_s']
+    if peak:
+      out['pct_of_peak'] = 100.0 * out['flops_per_s'] / peak
+  return out
+
+
+def bench_config(spec: dict, args, peak: float | None) -> dict:
+  """Every measurement of one configuration."""
+  import jax.numpy as jnp
+  from mmnet_jax.models import mmnet
+  skip = set(filter(None, args.skip.split(',')))
+  config = make_config(spec, args.train_batch, args.dtype, args.attention_chunk)
+  model = mmnet.build_model(config.model)
+  start = time.perf_counter()
+  state, tx = init_state(model, config)
+  result = {'config': spec, 'train_batch': args.train_batch, 'eval_batch': args.eval_batch,
+            'dtype': args.dtype, 'attention_chunk': args.attention_chunk,
+            'init_s': time.perf_counter() - start}
+  variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
+  size, shots = spec['size'], spec['shots']
+  if 'eval' not in skip:
+    batch = random_batch(args.eval_batch, shots, size, seed=1)
+    result['eval'] = rates(bench_eval(model, variables, batch, args.repeats, args.warmup),
+                           args.eval_batch, peak)
+    print(f'  {spec["name"]} eval: {result["eval"]["s_per_episode"]:.2f} s/episode', flush=True)
+  if 'backbone' not in skip:
+    batch = random_batch(args.eval_batch, shots, size, seed=2)
+    images = jnp.concatenate([batch['query_img'],
+                              batch['support_imgs'].reshape(-1, size, size, 3)])
+    result['backbone'] = rates(bench_backbone(spec['backbone'], variables, images, args.repeats,
+                                              args.warmup, args.dtype), args.eval_batch, peak)
+    print(f'  {spec["name"]} backbone: {result["backbone"].get("pct_of_peak", 0):.0f}% of peak',
+          flush=True)
+  if 'train' not in skip:
+    batch = random_batch(args.train_batch, shots, size, seed=3)
+    result['convs'] = frozen_backbone_convs(model, config, state, tx, batch)
+    result['train'] = rates(bench_train(model, config, state, tx, batch, args.repeats,
+                                        args.warmup), args.train_batch, peak)
+    print(f'  {spec["name"]} train: {result["train"]["s_per_episode"]:.2f} s/episode',
+          flush=True)
+  return result
+
+
+def input_pipeline(size: int, batch: int, batches: int) -> dict:
+  """Episodes/s of the tf.data pipelines at `size` (benchmark_input, real-size images)."""
+  from mmnet_jax import benchmark_input
+  results = benchmark_input.run(benchmark_input.parse_args(
+      ['--size', str(size), '--batch-size', str(batch), '--batches', str(batches),
+       '--model', 'none']))
+  return {k: v['episodes_per_s'] for k, v in results['input'].items()}
+
+
+def device_info() -> dict:
+  """The device, the machine and the library versions."""
+  import jax
+  dev = jax.devices()[0]
+  return {'platform': dev.platform, 'device_kind': str(dev.device_kind),
+          'device_count': jax.device_count(), 'cpu_count': os.cpu_count(),
+          'processor': _cpu_model(), 'jax': jax.__version__}
+
+
+def _cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def run(args) -> dict:
+  """All measurements as one results dict."""
+  names = QUICK_CONFIGS if args.quick else tuple(filter(None, args.configs.split(',')))
+  specs = [parse_config_name(n) for n in names]
+  results = {'device': device_info(), 'args': vars(args)}
+  results['peak'] = measure_peak(args.peak_size)
+  peak = results['peak']['flops_per_s']
+  print(f'peak: {peak / 1e9:.1f} GFLOP/s (float32 matmul {args.peak_size})', flush=True)
+  results['configs'] = [bench_config(spec, args, peak) for spec in specs]
+  if args.input:
+    results['input'] = input_pipeline(specs[0]['size'], args.train_batch, args.input_batches)
+  return results
+
+
+def _gib(b):
+  return f'{b / 2**30:.2f}' if b else '-'
+
+
+def format_results(results: dict) -> str:
+  """The table: one row per configuration and step."""
+  d = results['device']
+  lines = [f'{d["device_kind"]} ({d["processor"]}, {d["cpu_count"]} cores), jax {d["jax"]}; '
+           f'peak {results["peak"]["flops_per_s"] / 1e9:.1f} GFLOP/s (float32 matmul)',
+           f'{"config":<13} {"step":<9} {"batch":>5} {"s/episode":>9} {"episodes/s":>10} '
+           f'{"compile s":>9} {"XLA peak GiB":>12} {"RSS GiB":>7} {"GFLOP/step":>10} '
+           f'{"GFLOP/s":>8} {"% peak":>6}']
+  for r in results['configs']:
+    for part in ('train', 'eval', 'backbone'):
+      if part not in r:
+        continue
+      p = r[part]
+      flops = p.get('flops')
+      lines.append(
+          f'{r["config"]["name"]:<13} {part:<9} {p["episodes"]:>5} {p["s_per_episode"]:>9.3f} '
+          f'{p["episodes_per_s"]:>10.3f} {p["compile_s"]:>9.1f} '
+          f'{_gib(p.get("xla_memory", {}).get("peak_bytes")):>12} '
+          f'{_gib(p.get("peak_rss_bytes")):>7} '
+          f'{flops / 1e9 if flops else float("nan"):>10.1f} '
+          f'{p.get("flops_per_s", float("nan")) / 1e9:>8.1f} '
+          f'{p.get("pct_of_peak", float("nan")):>6.1f}')
+  if 'input' in results:
+    lines.append('input pipeline episodes/s: ' + ', '.join(
+        f'{k} {v:.2f}' for k, v in results['input'].items()))
+  return '\n'.join(lines)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  results = run(args)
+  print(format_results(results), flush=True)
+  if args.output:
+    with open(args.output, 'w') as f:
+      json.dump(results, f, indent=1)
+  return results
+
+
+if __name__ == '__main__':
+  main()
