@@ -75,6 +75,7 @@ def xla_memory(kind: str, size: int, shots: int, chunk: int, backbone: str = 're
   import jax
   import jax.numpy as jnp
   from configs import default
+  from mmnet_jax import benchmark
   from mmnet_jax import train
   from mmnet_jax.models import mmnet
   config = default.get_config(f'shots={shots}')
@@ -100,14 +101,7 @@ def xla_memory(kind: str, size: int, shots: int, chunk: int, backbone: str = 're
       return model.apply(variables, batch['query_img'], batch['support_imgs'], masks)['logits']
     fn = jax.jit(fn)
     args = ({'params': state['params'], 'batch_stats': state['batch_stats']}, batch)
-  ma = fn.lower(*args).compile().memory_analysis()
-  keys = ('temp_size_in_bytes', 'argument_size_in_bytes', 'output_size_in_bytes',
-          'alias_size_in_bytes')
-  out = {k: int(getattr(ma, k, 0) or 0) for k in keys}
-  # Live at the peak: arguments + outputs (less what donation aliases) + XLA's temporaries.
-  out['peak_bytes'] = (out['temp_size_in_bytes'] + out['argument_size_in_bytes'] +
-                       out['output_size_in_bytes'] - out['alias_size_in_bytes'])
-  return out
+  return benchmark.xla_memory(fn.lower(*args).compile())
 
 
 def table(sizes, shots_list, chunk: int, backbone: str) -> None:
