@@ -22,8 +22,8 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str | None,
   `predict_args` (mode 'predict'): {'supports': ['IMG:MASK', ...], 'query': path,
   'output': path, 'mask_class': int or None}.
   """
+  from mmnet_jax import train   # lazily: importing the training stack pulls in TensorFlow
   if mode == 'summary':
-    from mmnet_jax import train
     from mmnet_jax.models import mmnet, summary
     variables = jax.eval_shape(lambda: train.init_variables(mmnet.build_model(config.model),
                                                             config))
@@ -33,7 +33,6 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str | None,
   if not workdir:
     raise ValueError(f'--workdir is required for --mode={mode}')
   if mode == 'train':
-    from mmnet_jax import train
     return train.train_and_evaluate(config, workdir)
   if mode == 'eval':
     from mmnet_jax import evaluate

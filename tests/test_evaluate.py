@@ -5,7 +5,6 @@ to be repeatable here, not good)."""
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 

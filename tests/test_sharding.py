@@ -1,7 +1,6 @@
 """Data parallelism: a train step on 8 devices equals the same step on 1 device."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
