@@ -14,6 +14,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from mmnet_jax import cli
+from mmnet_jax import host_allocator
 from mmnet_jax import sharding
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -34,6 +35,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)   # orbax and TFDS log every step at INFO
+  # Before JAX starts its threads: XLA:CPU's step buffers then reuse freed memory instead of
+  # page-faulting fresh pages every step (mmnet_jax/host_allocator.py; off with
+  # MMNET_KEEP_FREED_MEMORY=0).
+  host_allocator.keep_freed_memory()
   # Joins a multi-host run (TPU pods, SLURM, ...) before anything touches the backend; a no-op
   # on one host. Here, not in cli.run, which tests and notebooks call after JAX has started.
   sharding.initialize_distributed()

@@ -8,11 +8,11 @@ only see the bias shape, so the bias bound is bound to fan_in by a closure.
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from mmnet_jax.models.conv import Conv2d
 
 
 def _uniform(key, shape, dtype, bound):
@@ -44,14 +44,12 @@ memory_slot_init = jax.nn.initializers.normal(stddev=1.0)
 
 def torch_conv(features: int, kernel_size: int, in_features: int, *, use_bias: bool = False,
                padding: int = 0, stride: int = 1, dilation: int = 1, name: str | None = None,
-               kernel_init=torch_conv_kernel_init, dtype=None) -> nn.Conv:
-  """An ``nn.Conv`` with torch Conv2d semantics: explicit symmetric padding and torch init.
+               kernel_init=torch_conv_kernel_init, dtype=None) -> Conv2d:
+  """A ``Conv2d`` with torch Conv2d semantics: explicit symmetric padding and torch init.
 
   ``dtype`` is the computation dtype (None: from the inputs); parameters stay float32.
   """
   fan_in = in_features * kernel_size * kernel_size
-  pad: Sequence[tuple[int, int]] = ((padding, padding), (padding, padding))
-  return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride), padding=pad,
-                 kernel_dilation=(dilation, dilation), use_bias=use_bias,
-                 kernel_init=kernel_init, bias_init=torch_bias_init(fan_in), name=name,
-                 dtype=dtype, param_dtype=jnp.float32)
+  return Conv2d(features, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                use_bias=use_bias, kernel_init=kernel_init, bias_init=torch_bias_init(fan_in),
+                name=name, dtype=dtype)
