@@ -65,7 +65,9 @@ def get_config(arg=None):
   c.model.feature_dropout = 0.5
   c.model.head_dropout = 0.1
   c.model.dtype = 'float32'       # computation dtype: 'float32' or 'bfloat16' (params stay float32)
-  c.model.attention_chunk = 0     # > 0: query pixels per attention block (memory); 0 = all at once
+  # Query pixels per block of the pixel-to-pixel matrices (attention, prior, reconstruction);
+  # 0 = all at once. Blocks cut memory (-50% train step at 473) and run faster on CPU.
+  c.model.attention_chunk = 1024
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 4

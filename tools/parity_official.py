@@ -141,7 +141,7 @@ def _flat_bn_stats(model):
   return convert._flatten(tree)  # pylint: disable=protected-access
 
 
-def run_case(partnet, depth, size, shots, batch, seed):
+def run_case(partnet, depth, size, shots, batch, seed, chunk=0):
   """Returns a list of result rows for one K."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -175,7 +175,7 @@ def run_case(partnet, depth, size, shots, batch, seed):
     t_torch = time.time() - t0
   for compat, var in variables.items():
     net = mmnet.MMNet(backbone=f'resnet{depth}', kshot_mask_compat=compat, bn_mode='train',
-                      feature_dropout=0.0, head_dropout=0.0)
+                      feature_dropout=0.0, head_dropout=0.0, attention_chunk=chunk)
     t0 = time.time()
     out = jax.jit(lambda v, q, s, m: net.apply(v, q, s, m, train=False)['logits'])(
         var, q_j, s_j, m_j)
@@ -196,7 +196,7 @@ def run_case(partnet, depth, size, shots, batch, seed):
     if not compat:
       continue  # the released code has no per-shot mode to compare training against
     net = mmnet.MMNet(backbone=f'resnet{depth}', kshot_mask_compat=True, bn_mode='train',
-                      feature_dropout=0.0, head_dropout=0.0)
+                      feature_dropout=0.0, head_dropout=0.0, attention_chunk=chunk)
 
     def train_step(v, q, s, m, y):
       out, new_state = net.apply(v, q, s, m, train=True, rngs={'dropout': jax.random.key(0)},
@@ -243,8 +243,13 @@ def main(argv=None):
   parser.add_argument('--shots', default='1,5')
   parser.add_argument('--batch', type=int, default=1)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--attention-chunk', type=int, default=None,
+                      help="our model's attention_chunk (default: configs/default.py's)")
   parser.add_argument('--out', default=None, help='write the markdown table here')
   args = parser.parse_args(argv)
+  if args.attention_chunk is None:
+    from configs import default  # pylint: disable=g-import-not-at-top
+    args.attention_chunk = default.get_config().model.attention_chunk
   if args.size != 473:
     parser.error('--size: the original hard-codes 60x60 feature maps, only 473 runs')
   import jax  # pylint: disable=g-import-not-at-top
@@ -254,9 +259,11 @@ def main(argv=None):
   rows = []
   start = time.time()
   for shots in (int(k) for k in args.shots.split(',')):
-    rows += run_case(partnet, args.depth, args.size, shots, args.batch, args.seed)
+    rows += run_case(partnet, args.depth, args.size, shots, args.batch, args.seed,
+                     args.attention_chunk)
   command = 'python tools/parity_official.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
   setup = (f'ResNet-{args.depth}, {args.size}x{args.size}, batch {args.batch}, seed {args.seed}, '
+           f'our attention_chunk {args.attention_chunk}, '
            f'random init, {time.time() - start:.0f} s wall time for everything')
   table = format_table(rows, command, f'CPU (torch {torch.__version__}, jax {jax.__version__})',
                        setup)

@@ -22,7 +22,9 @@ def map_rows(fn: Callable, rows, chunk: int):
     fn: maps a pytree of (B, R, ...) arrays to a pytree of (B, R, ...) arrays, row-wise
       (output row r depends only on input row r and on values fn closes over).
     rows: pytree of (B, R, ...) arrays sharing B and R.
-    chunk: rows per block; <= 0 or >= R calls fn once (no chunking).
+    chunk: at most this many rows per block; <= 0 or >= R calls fn once (no chunking).
+      The blocks are equal, ceil(R / ceil(R / chunk)) rows, so the padding is under one row
+      per block (3600 rows at chunk 1024: 4 blocks of 900, not 4 of 1024 with 496 padded).
   Returns:
     fn(rows), equal to the unchunked result up to float reassociation.
   """
@@ -31,6 +33,7 @@ def map_rows(fn: Callable, rows, chunk: int):
   if chunk <= 0 or chunk >= num_rows:
     return fn(rows)
   blocks = -(-num_rows // chunk)
+  chunk = -(-num_rows // blocks)
   pad = blocks * chunk - num_rows
 
   def split(x):  # (B, R, ...) -> (blocks, B, chunk, ...); edge rows pad (finite, then dropped)

@@ -59,7 +59,8 @@ class MMNet(nn.Module):
     dtype: computation dtype of the convolutions, 'float32' or 'bfloat16' (mixed precision:
       parameters, BN statistics, memory, prior, propagation, logits and losses stay float32).
     attention_chunk: > 0 computes the pixel-to-pixel matrices (propagation attention, prior
-      cosines, reconstruction logits) for that many query pixels at a time; 0 = all at once.
+      cosines, reconstruction logits) for at most that many query pixels at a time; 0 = all
+      at once (the dataclass default; the configs use 1024).
   """
   backbone: str = 'resnet50'
   reduce_dim: int = 256

@@ -43,6 +43,18 @@ def test_map_rows_pads_a_ragged_last_chunk_and_keeps_row_order():
     np.testing.assert_array_equal(b, x.sum(-1) + 1.0)
 
 
+def test_map_rows_blocks_are_balanced():
+  # 3600 rows (473 input) at chunk 1024: 4 blocks of 900 rows, not 4 of 1024 (496 padded).
+  seen = []
+  fn = lambda t: seen.append(t.shape[1]) or t + 1.0
+  x = jnp.zeros((1, 3600, 2))
+  np.testing.assert_array_equal(chunked.map_rows(fn, x, 1024), x + 1.0)
+  assert seen == [900]
+  seen.clear()
+  chunked.map_rows(fn, jnp.zeros((1, 6561, 2)), 1024)   # 641 input: 7 blocks of 938 (5 pad)
+  assert seen == [938]
+
+
 def test_chunked_components_equal_unchunked():
   qa = jnp.asarray(RNG.normal(size=(2, 23, 6)), jnp.float32)   # 23 query pixels: ragged chunks
   sa = jnp.asarray(RNG.normal(size=(2, 17, 6)), jnp.float32)
