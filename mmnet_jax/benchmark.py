@@ -30,6 +30,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mmnet_jax import host_allocator
+
 BACKBONE_NAMES = {'r50': 'resnet50', 'r101': 'resnet101', 'tiny': 'tiny'}
 DEFAULT_CONFIGS = ('r50-473-k1', 'r50-473-k5', 'r101-641-k1', 'r101-641-k5')
 QUICK_CONFIGS = ('r50-473-k1',)
@@ -58,8 +60,11 @@ def parse_args(argv=None):
   p.add_argument('--repeats', type=int, default=3, help='timed calls per step (median)')
   p.add_argument('--warmup', type=int, default=1, help='untimed calls after compilation')
   p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
-  p.add_argument('--attention-chunk', type=int, default=0, help='config.model.attention_chunk')
-  p.add_argument('--skip', default='', help="comma-separated parts to skip: train, eval, backbone")
+  p.add_argument('--attention-chunk', type=int, default=None,
+                 help='config.model.attention_chunk (default: the config\'s, 1024)')
+  p.add_argument('--skip', default='',
+                 help='comma-separated parts to skip: train, eval, backbone, convs (the backbone '
+                 'convolutions timed one by one)')
   p.add_argument('--peak-sizes', default='1024,2048,4096',
                  help='sides of the float32 matmuls whose best FLOP/s is the peak')
   p.add_argument('--input', action='store_true',
@@ -170,13 +175,14 @@ def measure_peak(sizes=(1024, 2048, 4096), repeats: int = 5) -> dict:
 # ---------------------------------------------------------------------------------------------
 # The steps.
 
-def make_config(spec: dict, train_batch: int, dtype: str = 'float32', chunk: int = 0):
+def make_config(spec: dict, train_batch: int, dtype: str = 'float32', chunk: int | None = None):
   """The default (MM-Net) config at the spec's backbone, size and shots."""
   from configs import default
   config = default.get_config(f'shots={spec["shots"]}')
   config.model.backbone = spec['backbone']
   config.model.dtype = dtype
-  config.model.attention_chunk = chunk
+  if chunk is not None:
+    config.model.attention_chunk = chunk
   config.train.crop_size = spec['size']
   config.train.batch_size = train_batch
   config.eval.size = spec['size']
@@ -209,12 +215,20 @@ def init_state(model, config):
   return train.create_state(model, config, total_steps=1000)
 
 
+def unchunked(model):
+  """The model with attention_chunk 0: XLA's cost analysis counts a lax.map body once, not
+  once per chunk, so FLOPs are counted on the unchunked program (the same arithmetic)."""
+  return model.clone(attention_chunk=0) if getattr(model, 'attention_chunk', 0) else model
+
+
 def bench_train(model, config, state, tx, batch: dict, repeats: int, warmup: int) -> dict:
   """Compile and time the jitted train step (state donated) on `batch`."""
   import jax
   from mmnet_jax import train
   step = jax.jit(train.make_train_step(model, tx, config), donate_argnums=(0,))
   state = jax.tree_util.tree_map(lambda x: x.copy(), state)   # donated below: keep the caller's
+  flops = cost_flops(jax.jit(train.make_train_step(unchunked(model), tx, config)).lower(
+      state, batch).compile())
   compiled, compile_s = compile_jitted(step, state, batch)
   holder = {'state': state}
 
@@ -223,7 +237,7 @@ def bench_train(model, config, state, tx, batch: dict, repeats: int, warmup: int
     return metrics
   reset_peak_rss()
   timing = median_seconds(call, repeats, warmup)
-  return dict(timing, compile_s=compile_s, flops=cost_flops(compiled),
+  return dict(timing, compile_s=compile_s, flops=flops,
               xla_memory=xla_memory(compiled), peak_rss_bytes=peak_rss_bytes())
 
 
@@ -234,9 +248,11 @@ def bench_eval(model, variables: dict, batch: dict, repeats: int, warmup: int) -
   step = jax.jit(evaluate.make_eval_step(model))
   eval_batch = {k: batch[k] for k in ('query_img', 'support_imgs', 'support_labels')}
   compiled, compile_s = compile_jitted(step, variables, eval_batch)
+  flops = cost_flops(jax.jit(evaluate.make_eval_step(unchunked(model))).lower(
+      variables, eval_batch).compile())
   reset_peak_rss()
   timing = median_seconds(lambda: compiled(variables, eval_batch), repeats, warmup)
-  return dict(timing, compile_s=compile_s, flops=cost_flops(compiled),
+  return dict(timing, compile_s=compile_s, flops=flops,
               xla_memory=xla_memory(compiled), peak_rss_bytes=peak_rss_bytes())
 
 
@@ -261,46 +277,106 @@ def bench_backbone(backbone_name: str, variables: dict, images, repeats: int, wa
               images=int(images.shape[0]))
 
 
-def count_primitive(jaxpr, name: str) -> int:
-  """Occurrences of primitive `name` in a (closed) jaxpr, sub-jaxprs included (each once)."""
+# The ops that do the backbone's arithmetic: 3x3 (and 7x7) convolutions, and 1x1 convolutions,
+# which models/conv.py writes as matrix products.
+CONV_PRIMITIVES = ('conv_general_dilated', 'dot_general')
+
+
+def _sub_jaxprs(eqn):
+  for value in eqn.params.values():
+    for sub in (value if isinstance(value, (list, tuple)) else (value,)):
+      if hasattr(sub, 'eqns') or hasattr(getattr(sub, 'jaxpr', None), 'eqns'):
+        yield sub
+
+
+def primitive_eqns(jaxpr, names) -> list:
+  """The equations of primitives `names` in a (closed) jaxpr, sub-jaxprs included (each once)."""
   jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
-  total = 0
+  found = []
   for eqn in jaxpr.eqns:
-    total += eqn.primitive.name == name
-    for value in eqn.params.values():
-      for sub in (value if isinstance(value, (list, tuple)) else (value,)):
-        if hasattr(sub, 'eqns') or hasattr(getattr(sub, 'jaxpr', None), 'eqns'):
-          total += count_primitive(sub, name)
-  return total
+    if eqn.primitive.name in names:
+      found.append(eqn)
+    for sub in _sub_jaxprs(eqn):
+      found.extend(primitive_eqns(sub, names))
+  return found
+
+
+def count_primitive(jaxpr, names) -> int:
+  """Occurrences of the primitive(s) `names` in a (closed) jaxpr, sub-jaxprs included."""
+  return len(primitive_eqns(jaxpr, (names,) if isinstance(names, str) else tuple(names)))
 
 
 def frozen_backbone_convs(model, config, state, tx, batch: dict) -> dict:
   """Convolution counts showing whether the train step differentiates through the backbone.
 
-  Counts `conv_general_dilated` in the jaxprs of: the eval forward, the backbone forward
-  (x the K+1 backbone calls of an episode), and the train step. Every non-backbone conv adds
-  at most 2 convs to the backward pass (input and kernel gradients), so a train step without
-  backbone backward has at most eval + 2 x (eval - backbone) convs; `backbone_backward_convs`
-  is what it has beyond that bound (0 when the backbone is frozen).
+  Counts convolutions and matrix products (CONV_PRIMITIVES: 1x1 convolutions are matrix
+  products) in the jaxprs of: the eval forward, the backbone forward (x the K+1 backbone calls
+  of an episode), and the train step. Every non-backbone one adds at most 2 to the backward
+  pass (input and kernel gradients), so a train step without backbone backward has at most
+  eval + 2 x (eval - backbone); `backbone_backward_convs` is what it has beyond that bound
+  (0 when the backbone is frozen).
   """
   import jax
   from mmnet_jax import evaluate
   from mmnet_jax import train
-  conv = 'conv_general_dilated'
+  model = unchunked(model)   # a chunk's rematerialised forward would add to the backward count
   variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
   eval_batch = {k: batch[k] for k in ('query_img', 'support_imgs', 'support_labels')}
   n_eval = count_primitive(jax.make_jaxpr(evaluate.make_eval_step(model))(variables, eval_batch),
-                           conv)
+                           CONV_PRIMITIVES)
   sub = {'params': state['params']['backbone'], 'batch_stats': state['batch_stats']['backbone']}
   n_backbone = count_primitive(jax.make_jaxpr(backbone_forward(config.model.backbone))(
-      sub, batch['query_img']), conv) * (1 + batch['support_imgs'].shape[1])
+      sub, batch['query_img']), CONV_PRIMITIVES) * (1 + batch['support_imgs'].shape[1])
   n_train = count_primitive(jax.make_jaxpr(train.make_train_step(model, tx, config))(
-      state, batch), conv)
+      state, batch), CONV_PRIMITIVES)
   bound = n_eval + 2 * (n_eval - n_backbone)
   return {'eval_convs': n_eval, 'backbone_convs': n_backbone, 'train_convs': n_train,
           'no_backbone_backward_bound': bound,
           'backbone_backward_convs': max(0, n_train - bound),
           'freeze_backbone': bool(config.model.freeze_backbone)}
+
+
+def _op_signature(eqn) -> str:
+  shapes = ','.join(f'{v.aval.dtype}{list(v.aval.shape)}' for v in eqn.invars)
+  params = ','.join(f'{k}={v}' for k, v in sorted(eqn.params.items()))
+  return f'{eqn.primitive.name}({shapes}; {params})'
+
+
+def bench_backbone_convs(backbone_name: str, variables: dict, images, repeats: int,
+                         warmup: int, dtype: str = 'float32') -> dict:
+  """The backbone's convolutions alone: each distinct one jitted and timed by itself.
+
+  The backbone forward's conv_general_dilated and dot_general equations (every convolution,
+  1x1 ones being matrix products) are grouped by shapes and parameters; each group's op runs on
+  random inputs of its shapes, timed like the steps. seconds = sum of count x median, FLOPs =
+  sum of count x XLA's count of the op: the FLOP/s of the convolutions without the BatchNorm,
+  ReLU, residual and pooling passes between them (those are in the `backbone` row).
+  """
+  import jax
+  sub = {'params': variables['params']['backbone'],
+         'batch_stats': variables['batch_stats']['backbone']}
+  jaxpr = jax.make_jaxpr(backbone_forward(backbone_name, dtype))(sub, images)
+  groups: dict[str, list] = {}
+  for eqn in primitive_eqns(jaxpr, CONV_PRIMITIVES):
+    groups.setdefault(_op_signature(eqn), []).append(eqn)
+  ops, total_s, total_flops, compile_s = [], 0.0, 0.0, 0.0
+  for i, eqns in enumerate(groups.values()):
+    eqn = eqns[0]
+    keys = jax.random.split(jax.random.key(i), len(eqn.invars))
+    args = [jax.random.normal(k, v.aval.shape, v.aval.dtype) for k, v in zip(keys, eqn.invars)]
+    op = jax.jit(lambda *a, eqn=eqn: eqn.primitive.bind(*a, **eqn.params))
+    compiled, seconds = compile_jitted(op, *args)
+    compile_s += seconds
+    timing = median_seconds(lambda: compiled(*args), repeats, warmup)
+    flops = cost_flops(compiled) or 0.0
+    total_s += len(eqns) * timing['median_s']
+    total_flops += len(eqns) * flops
+    ops.append({'primitive': eqn.primitive.name,
+                'shapes': [list(v.aval.shape) for v in eqn.invars], 'count': len(eqns),
+                'median_s': timing['median_s'], 'flops': flops,
+                'flops_per_s': flops / timing['median_s']})
+  return {'median_s': total_s, 'flops': total_flops, 'compile_s': compile_s,
+          'images': int(images.shape[0]), 'op_count': sum(o['count'] for o in ops), 'ops': ops}
 
 
 def rates(part: dict, episodes: int, peak: float | None) -> dict:
@@ -326,7 +402,7 @@ def bench_config(spec: dict, args, peak: float | None) -> dict:
   start = time.perf_counter()
   state, tx = init_state(model, config)
   result = {'config': spec, 'train_batch': args.train_batch, 'eval_batch': args.eval_batch,
-            'dtype': args.dtype, 'attention_chunk': args.attention_chunk,
+            'dtype': args.dtype, 'attention_chunk': config.model.attention_chunk,
             'init_s': time.perf_counter() - start}
   variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
   size, shots = spec['size'], spec['shots']
@@ -335,14 +411,21 @@ def bench_config(spec: dict, args, peak: float | None) -> dict:
     result['eval'] = rates(bench_eval(model, variables, batch, args.repeats, args.warmup),
                            args.eval_batch, peak)
     print(f'  {spec["name"]} eval: {result["eval"]["s_per_episode"]:.2f} s/episode', flush=True)
-  if 'backbone' not in skip:
+  if not {'backbone', 'convs'} <= skip:
     batch = random_batch(args.eval_batch, shots, size, seed=2)
     images = jnp.concatenate([batch['query_img'],
                               batch['support_imgs'].reshape(-1, size, size, 3)])
+  if 'backbone' not in skip:
     result['backbone'] = rates(bench_backbone(spec['backbone'], variables, images, args.repeats,
                                               args.warmup, args.dtype), args.eval_batch, peak)
     print(f'  {spec["name"]} backbone: {result["backbone"].get("pct_of_peak", 0):.0f}% of peak',
           flush=True)
+  if 'convs' not in skip:
+    result['backbone_convs'] = rates(bench_backbone_convs(
+        spec['backbone'], variables, images, args.repeats, args.warmup, args.dtype),
+        args.eval_batch, peak)
+    print(f'  {spec["name"]} backbone convolutions alone: '
+          f'{result["backbone_convs"].get("pct_of_peak", 0):.0f}% of peak', flush=True)
   if 'train' not in skip:
     batch = random_batch(args.train_batch, shots, size, seed=3)
     result['convs'] = frozen_backbone_convs(model, config, state, tx, batch)
@@ -386,7 +469,8 @@ def run(args) -> dict:
   """All measurements as one results dict."""
   names = QUICK_CONFIGS if args.quick else tuple(filter(None, args.configs.split(',')))
   specs = [parse_config_name(n) for n in names]
-  results = {'device': device_info(), 'args': vars(args)}
+  results = {'device': device_info(), 'args': vars(args),
+             'keep_freed_memory': getattr(args, 'keep_freed_memory', None)}
   results['peak'] = measure_peak(tuple(int(n) for n in args.peak_sizes.split(',')))
   peak = results['peak']['flops_per_s']
   print(f'peak: {peak / 1e9:.1f} GFLOP/s (float32 matmul {results["peak"]["matmul_size"]})',
@@ -396,6 +480,9 @@ def run(args) -> dict:
     print(f'input pipeline at {args.input_size}...', flush=True)
     results['input'] = input_pipeline(args.input_size, args.train_batch, args.input_batches)
   return results
+
+
+PART_LABELS = {'backbone_convs': 'convs'}   # table column width
 
 
 def _gib(b):
@@ -411,19 +498,28 @@ def format_results(results: dict) -> str:
            f'{"compile s":>9} {"XLA peak GiB":>12} {"RSS GiB":>7} {"GFLOP/step":>10} '
            f'{"GFLOP/s":>8} {"% peak":>6}']
   for r in results['configs']:
-    for part in ('train', 'eval', 'backbone'):
+    for part in ('train', 'eval', 'backbone', 'backbone_convs'):
       if part not in r:
         continue
       p = r[part]
       flops = p.get('flops')
       lines.append(
-          f'{r["config"]["name"]:<13} {part:<9} {p["episodes"]:>5} {p["s_per_episode"]:>9.3f} '
+          f'{r["config"]["name"]:<13} {PART_LABELS.get(part, part):<9} {p["episodes"]:>5} '
+          f'{p["s_per_episode"]:>9.3f} '
           f'{p["episodes_per_s"]:>10.3f} {p["compile_s"]:>9.1f} '
           f'{_gib(p.get("xla_memory", {}).get("peak_bytes")):>12} '
           f'{_gib(p.get("peak_rss_bytes")):>7} '
           f'{flops / 1e9 if flops else float("nan"):>10.1f} '
           f'{p.get("flops_per_s", float("nan")) / 1e9:>8.1f} '
           f'{p.get("pct_of_peak", float("nan")):>6.1f}')
+  for r in results['configs']:
+    if 'backbone_convs' in r:
+      lines.append(f'{r["config"]["name"]} backbone convolutions, by total time '
+                   '(count x op: inputs -> ms per call, GFLOP/s):')
+      for op in sorted(r['backbone_convs']['ops'], key=lambda o: -o['count'] * o['median_s']):
+        shapes = ' '.join('x'.join(map(str, s)) for s in op['shapes'])
+        lines.append(f'  {op["count"]:>3} x {op["primitive"]:<20} {shapes:<32} '
+                     f'{1e3 * op["median_s"]:8.1f} ms {op["flops_per_s"] / 1e9:7.1f}')
   if 'input' in results:
     lines.append('input pipeline episodes/s: ' + ', '.join(
         f'{k} {v:.2f}' for k, v in results['input'].items()))
@@ -432,6 +528,7 @@ def format_results(results: dict) -> str:
 
 def main(argv=None):
   args = parse_args(argv)
+  args.keep_freed_memory = host_allocator.keep_freed_memory()   # as main.py: before JAX threads
   results = run(args)
   print(format_results(results), flush=True)
   if args.output:

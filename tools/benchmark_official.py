@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import parity_official  # noqa: E402  (tools/ helper: import, patches, inputs, conversion)
 from mmnet_jax import benchmark  # noqa: E402
+from mmnet_jax import host_allocator  # noqa: E402
 
 SEED = 0
 
@@ -113,6 +114,44 @@ def torch_backbone(model, images):
   return x
 
 
+def torch_backbone_convs(model, images, repeats: int, warmup: int) -> dict:
+  """The original backbone's Conv2d calls alone, timed one by one (benchmark.bench_backbone_convs).
+
+  Forward hooks record each Conv2d's input in one backbone pass; the calls are grouped by input
+  shape and conv parameters and each group's F.conv2d is timed on its recorded input; seconds
+  = sum of count x median; FLOPs = 2 x output elements x in-channels x kernel area.
+  """
+  import torch
+  import torch.nn.functional as F
+  backbone = (model.layer0, model.layer1, model.layer2, model.layer3, model.layer4)
+  calls = []
+  hooks = [m.register_forward_hook(lambda m, inp, out: calls.append((m, inp[0], out.shape)))
+           for layer in backbone for m in layer.modules() if isinstance(m, torch.nn.Conv2d)]
+  try:
+    torch_backbone(model, images)
+  finally:
+    for h in hooks:
+      h.remove()
+  groups = {}
+  for m, x, out_shape in calls:
+    key = (tuple(x.shape), tuple(m.weight.shape), m.stride, m.padding, m.dilation)
+    groups.setdefault(key, []).append((m, x, out_shape))
+  ops, total_s, total_flops = [], 0.0, 0.0
+  with torch.no_grad():
+    for key, members in groups.items():
+      m, x, out_shape = members[0]
+      timing = benchmark.median_seconds(
+          lambda m=m, x=x: F.conv2d(x, m.weight, m.bias, m.stride, m.padding, m.dilation),
+          repeats, warmup)
+      flops = 2.0 * float(np.prod(out_shape)) * m.weight.shape[1] * m.weight[0, 0].numel()
+      total_s += len(members) * timing['median_s']
+      total_flops += len(members) * flops
+      ops.append({'primitive': 'conv2d', 'shapes': [list(key[0]), list(key[1])],
+                  'count': len(members), 'median_s': timing['median_s'], 'flops': flops,
+                  'flops_per_s': flops / timing['median_s']})
+  return {'median_s': total_s, 'torch_flops': total_flops, 'op_count': len(calls), 'ops': ops}
+
+
 def torch_optimizer(model, config):
   """The original train.py's optimiser: SGD on everything but layer0..4 (frozen)."""
   import torch
@@ -147,6 +186,11 @@ def bench_original(model, config, data: dict, args, ours_flops: dict) -> dict:
     out['backbone'] = torch_timing(lambda: torch_backbone(model, images), args.repeats,
                                    args.warmup)
     out['backbone']['torch_flops'] = torch_flops(lambda: torch_backbone(model, images))
+  if 'convs' not in skip:
+    x, sx, _ = data['eval']
+    images = torch.cat([x, sx.reshape(-1, *x.shape[1:])])
+    model.eval()
+    out['convs'] = torch_backbone_convs(model, images, args.repeats, max(args.warmup, 2))
   if 'train' not in skip:
     x, sx, sy, y = data['train']
     opt = torch_optimizer(model, config)
@@ -160,7 +204,8 @@ def bench_original(model, config, data: dict, args, ours_flops: dict) -> dict:
       opt.step()
       return loss.detach()
     out['train'] = torch_timing(train_call, args.repeats, args.warmup)
-  episodes = {'eval': args.eval_batch, 'backbone': args.eval_batch, 'train': args.train_batch}
+  episodes = {'eval': args.eval_batch, 'backbone': args.eval_batch, 'convs': args.eval_batch,
+              'train': args.train_batch}
   for part, timing in out.items():
     timing['flops'] = ours_flops.get(part)
     out[part] = benchmark.rates(timing, episodes[part], None)
@@ -215,6 +260,13 @@ def bench_ours(model, config, state, tx, batches: dict, args, peak: float) -> di
     out['backbone'] = benchmark.rates(benchmark.bench_backbone(
         config.model.backbone, variables, images, args.repeats, args.warmup),
         args.eval_batch, peak)
+  if 'convs' not in skip:
+    b = batches['eval']
+    size = b['query_img'].shape[1]
+    images = jnp.concatenate([b['query_img'], b['support_imgs'].reshape(-1, size, size, 3)])
+    out['convs'] = benchmark.rates(benchmark.bench_backbone_convs(
+        config.model.backbone, variables, images, args.repeats, max(args.warmup, 2)),
+        args.eval_batch, peak)
   if 'train' not in skip:
     out['train'] = benchmark.rates(benchmark.bench_train(
         model, config, state, tx, batches['train'], args.repeats, args.warmup),
@@ -268,7 +320,7 @@ def format_markdown(results: dict) -> str:
            '| GFLOP/s | % of peak |',
            '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
   for r in results['configs']:
-    for part in ('train', 'eval', 'backbone'):
+    for part in ('train', 'eval', 'backbone', 'convs'):
       orig = r['original'].get(part)
       ours = r.get('ours', {}).get(part)
       for impl, p in (('original', orig), ('ours', ours)):
@@ -287,6 +339,7 @@ def format_markdown(results: dict) -> str:
 
 def main(argv=None):
   args = parse_args(argv)
+  keeps_memory = host_allocator.keep_freed_memory()   # for both frameworks: one process
   import torch
   torch.set_num_threads(os.cpu_count() or 1)
   partnet = parity_official._import_original(args.official_repo)  # pylint: disable=protected-access
@@ -296,6 +349,7 @@ def main(argv=None):
   peak['reference'] = max(peak['jax']['flops_per_s'], peak['torch']['flops_per_s'])
   results = {'device': benchmark.device_info(), 'torch': torch.__version__,
              'torch_threads': torch.get_num_threads(), 'peak': peak,
+             'keep_freed_memory': keeps_memory,
              'args': {k: v for k, v in vars(args).items() if k != 'specs'}}
   results['configs'] = [run_config(partnet, spec, args, peak['reference'])
                         for spec in args.specs]
