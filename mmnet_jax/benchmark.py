@@ -11,7 +11,8 @@ and random batches of the real shapes:
   aliases + temporaries) and the process's peak RSS while the step runs (VmHWM, reset before);
 * achieved FLOP/s: XLA's cost analysis of the compiled step / median seconds, against the
   device's measured peak (a large float32 matmul, `measure_peak`);
-* the frozen backbone alone (eval mode, the step's K+1 images per episode): its FLOP/s as a
+* the frozen backbone alone (eval mode, called as the step calls it: the query batch, then each
+  shot's), and its convolutions alone, each distinct one timed by itself: their FLOP/s as a
   share of the peak, i.e. how well the convolutions use the device;
 and, with --input, the tf.data pipelines' episodes/s (`benchmark_input.input_rates`).
 Prints a table and, with --output, writes JSON. docs/benchmarks.md has the results.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -256,17 +258,30 @@ def bench_eval(model, variables: dict, batch: dict, repeats: int, warmup: int) -
               xla_memory=xla_memory(compiled), peak_rss_bytes=peak_rss_bytes())
 
 
+def episode_images(batch: dict):
+  """(K+1, B, H, W, 3): the query batch, then each shot's, as the model calls its backbone."""
+  import jax.numpy as jnp
+  shots = batch['support_imgs'].shape[1]
+  return jnp.stack([batch['query_img']] + [batch['support_imgs'][:, k] for k in range(shots)])
+
+
 def backbone_forward(backbone_name: str, dtype: str = 'float32'):
-  """f(backbone_variables, images) -> (layer2, layer3, layer4): the backbone alone, eval mode."""
+  """f(backbone_variables, images) -> per call (layer2, layer3, layer4): the backbone alone,
+  eval mode. images (G, B, H, W, 3) makes G calls of B images (as a step: the query, then each
+  shot); (N, H, W, 3) one call."""
   from mmnet_jax.models import backbone as backbone_lib
   from mmnet_jax.models import mmnet
   net = backbone_lib.ResNetBackbone(backbone_name, dtype=mmnet.DTYPES[dtype])
-  return lambda v, x: net.apply(v, x, True)
+
+  def forward(v, images):
+    groups = images if images.ndim == 5 else images[None]
+    return tuple(net.apply(v, g, True) for g in groups)
+  return forward
 
 
 def bench_backbone(backbone_name: str, variables: dict, images, repeats: int, warmup: int,
                    dtype: str = 'float32') -> dict:
-  """Compile and time the backbone forward on `images` (N, H, W, 3): the convolutions' speed."""
+  """Compile and time the backbone forward on `images` (backbone_forward's layouts)."""
   import jax
   sub = {'params': variables['params']['backbone'],
          'batch_stats': variables['batch_stats']['backbone']}
@@ -274,7 +289,7 @@ def bench_backbone(backbone_name: str, variables: dict, images, repeats: int, wa
   compiled, compile_s = compile_jitted(fn, sub, images)
   timing = median_seconds(lambda: compiled(sub, images), repeats, warmup)
   return dict(timing, compile_s=compile_s, flops=cost_flops(compiled),
-              images=int(images.shape[0]))
+              images=math.prod(images.shape[:-3]))
 
 
 # The ops that do the backbone's arithmetic: 3x3 (and 7x7) convolutions, and 1x1 convolutions,
@@ -326,7 +341,7 @@ def frozen_backbone_convs(model, config, state, tx, batch: dict) -> dict:
                            CONV_PRIMITIVES)
   sub = {'params': state['params']['backbone'], 'batch_stats': state['batch_stats']['backbone']}
   n_backbone = count_primitive(jax.make_jaxpr(backbone_forward(config.model.backbone))(
-      sub, batch['query_img']), CONV_PRIMITIVES) * (1 + batch['support_imgs'].shape[1])
+      sub, episode_images(batch)), CONV_PRIMITIVES)
   n_train = count_primitive(jax.make_jaxpr(train.make_train_step(model, tx, config))(
       state, batch), CONV_PRIMITIVES)
   bound = n_eval + 2 * (n_eval - n_backbone)
@@ -342,15 +357,21 @@ def _op_signature(eqn) -> str:
   return f'{eqn.primitive.name}({shapes}; {params})'
 
 
+def op_repeats(repeats: int, warmup: int) -> tuple[int, int]:
+  """(repeats, warmup) for single ops: milliseconds each, so at least 10 and 3 (fewer calls
+  of such short ops measured first-call effects, not the op)."""
+  return max(repeats, 10), max(warmup, 3)
+
+
 def bench_backbone_convs(backbone_name: str, variables: dict, images, repeats: int,
                          warmup: int, dtype: str = 'float32') -> dict:
   """The backbone's convolutions alone: each distinct one jitted and timed by itself.
 
   The backbone forward's conv_general_dilated and dot_general equations (every convolution,
   1x1 ones being matrix products) are grouped by shapes and parameters; each group's op runs on
-  random inputs of its shapes, timed like the steps. seconds = sum of count x median, FLOPs =
-  sum of count x XLA's count of the op: the FLOP/s of the convolutions without the BatchNorm,
-  ReLU, residual and pooling passes between them (those are in the `backbone` row).
+  random inputs of its shapes, timed like the steps (op_repeats). seconds = sum of count x
+  median, FLOPs = sum of count x XLA's count of the op: the FLOP/s of the convolutions without
+  the BatchNorm, ReLU, residual and pooling passes between them (those are in `backbone`).
   """
   import jax
   sub = {'params': variables['params']['backbone'],
@@ -367,7 +388,7 @@ def bench_backbone_convs(backbone_name: str, variables: dict, images, repeats: i
     op = jax.jit(lambda *a, eqn=eqn: eqn.primitive.bind(*a, **eqn.params))
     compiled, seconds = compile_jitted(op, *args)
     compile_s += seconds
-    timing = median_seconds(lambda: compiled(*args), repeats, warmup)
+    timing = median_seconds(lambda: compiled(*args), *op_repeats(repeats, warmup))
     flops = cost_flops(compiled) or 0.0
     total_s += len(eqns) * timing['median_s']
     total_flops += len(eqns) * flops
@@ -376,7 +397,7 @@ def bench_backbone_convs(backbone_name: str, variables: dict, images, repeats: i
                 'median_s': timing['median_s'], 'flops': flops,
                 'flops_per_s': flops / timing['median_s']})
   return {'median_s': total_s, 'flops': total_flops, 'compile_s': compile_s,
-          'images': int(images.shape[0]), 'op_count': sum(o['count'] for o in ops), 'ops': ops}
+          'images': math.prod(images.shape[:-3]), 'op_count': sum(o['count'] for o in ops), 'ops': ops}
 
 
 def rates(part: dict, episodes: int, peak: float | None) -> dict:
@@ -394,7 +415,6 @@ def rates(part: dict, episodes: int, peak: float | None) -> dict:
 
 def bench_config(spec: dict, args, peak: float | None) -> dict:
   """Every measurement of one configuration."""
-  import jax.numpy as jnp
   from mmnet_jax.models import mmnet
   skip = set(filter(None, args.skip.split(',')))
   config = make_config(spec, args.train_batch, args.dtype, args.attention_chunk)
@@ -412,9 +432,7 @@ def bench_config(spec: dict, args, peak: float | None) -> dict:
                            args.eval_batch, peak)
     print(f'  {spec["name"]} eval: {result["eval"]["s_per_episode"]:.2f} s/episode', flush=True)
   if not {'backbone', 'convs'} <= skip:
-    batch = random_batch(args.eval_batch, shots, size, seed=2)
-    images = jnp.concatenate([batch['query_img'],
-                              batch['support_imgs'].reshape(-1, size, size, 3)])
+    images = episode_images(random_batch(args.eval_batch, shots, size, seed=2))
   if 'backbone' not in skip:
     result['backbone'] = rates(bench_backbone(spec['backbone'], variables, images, args.repeats,
                                               args.warmup, args.dtype), args.eval_batch, peak)

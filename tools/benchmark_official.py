@@ -15,8 +15,10 @@ weights (the original's random init, backbone BN calibrated on the batch, conver
   train.py does: requires_grad False and its no_grad forward; loss main + aux + sim, backward,
   SGD momentum 0.9, weight decay 1e-4 on the non-backbone parameters); ours: train.make_train_step
   with the state donated;
-* backbone: layer0..layer4 (eval mode, no_grad) on the step's K+1 images per episode; ours: the
-  jitted ResNetBackbone;
+* backbone: layer0..layer4 (eval mode, no_grad) called as the step calls them (the query batch,
+  then each shot's); ours: the jitted ResNetBackbone, called the same way;
+* convs: the backbone's convolutions alone, each distinct one timed by itself (ours:
+  benchmark.bench_backbone_convs; the original: torch_backbone_convs);
 each timed as the median of --repeats calls after --warmup untimed ones; the process's peak RSS
 (VmHWM, reset before each timing); FLOP/s from one FLOP count for both sides (XLA's cost
 analysis of our compiled program; torch's FlopCounterMode count of its eval forward and backbone
@@ -104,14 +106,21 @@ def torch_flops(fn) -> float | None:
   return float(counter.get_total_flops())
 
 
-def torch_backbone(model, images):
-  """The original's layer0..layer4 on images (eval mode, no_grad)."""
+def torch_episode_images(query, supports):
+  """[query (B, 3, H, W), shot 1, ..., shot K]: the original's backbone calls in one episode."""
+  return [query] + [supports[:, k] for k in range(supports.shape[1])]
+
+
+def torch_backbone(model, groups):
+  """The original's layer0..layer4 on each image group in turn (eval mode, no_grad)."""
   import torch
+  outs = []
   with torch.no_grad():
-    x = images
-    for layer in (model.layer0, model.layer1, model.layer2, model.layer3, model.layer4):
-      x = layer(x)
-  return x
+    for x in groups:
+      for layer in (model.layer0, model.layer1, model.layer2, model.layer3, model.layer4):
+        x = layer(x)
+      outs.append(x)
+  return outs
 
 
 def torch_backbone_convs(model, images, repeats: int, warmup: int) -> dict:
@@ -142,7 +151,7 @@ def torch_backbone_convs(model, images, repeats: int, warmup: int) -> dict:
       m, x, out_shape = members[0]
       timing = benchmark.median_seconds(
           lambda m=m, x=x: F.conv2d(x, m.weight, m.bias, m.stride, m.padding, m.dilation),
-          repeats, warmup)
+          *benchmark.op_repeats(repeats, warmup))
       flops = 2.0 * float(np.prod(out_shape)) * m.weight.shape[1] * m.weight[0, 0].numel()
       total_s += len(members) * timing['median_s']
       total_flops += len(members) * flops
@@ -180,17 +189,15 @@ def bench_original(model, config, data: dict, args, ours_flops: dict) -> dict:
     out['eval'] = torch_timing(eval_call, args.repeats, args.warmup)
     out['eval']['torch_flops'] = torch_flops(eval_call)
   if 'backbone' not in skip:
-    x, sx, _ = data['eval']
-    images = torch.cat([x, sx.reshape(-1, *x.shape[1:])])
+    images = torch_episode_images(*data['eval'][:2])
     model.eval()
     out['backbone'] = torch_timing(lambda: torch_backbone(model, images), args.repeats,
                                    args.warmup)
     out['backbone']['torch_flops'] = torch_flops(lambda: torch_backbone(model, images))
   if 'convs' not in skip:
-    x, sx, _ = data['eval']
-    images = torch.cat([x, sx.reshape(-1, *x.shape[1:])])
+    images = torch_episode_images(*data['eval'][:2])
     model.eval()
-    out['convs'] = torch_backbone_convs(model, images, args.repeats, max(args.warmup, 2))
+    out['convs'] = torch_backbone_convs(model, images, args.repeats, args.warmup)
   if 'train' not in skip:
     x, sx, sy, y = data['train']
     opt = torch_optimizer(model, config)
@@ -246,26 +253,20 @@ def our_state(torch_model, config, shots: int):
 
 def bench_ours(model, config, state, tx, batches: dict, args, peak: float) -> dict:
   """Eval, backbone and train timings of ours (benchmark.py's functions)."""
-  import jax.numpy as jnp
   skip = set(filter(None, args.skip.split(',')))
   variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
   out = {}
   if 'eval' not in skip:
     out['eval'] = benchmark.rates(benchmark.bench_eval(
         model, variables, batches['eval'], args.repeats, args.warmup), args.eval_batch, peak)
+  images = benchmark.episode_images(batches['eval'])
   if 'backbone' not in skip:
-    b = batches['eval']
-    size = b['query_img'].shape[1]
-    images = jnp.concatenate([b['query_img'], b['support_imgs'].reshape(-1, size, size, 3)])
     out['backbone'] = benchmark.rates(benchmark.bench_backbone(
         config.model.backbone, variables, images, args.repeats, args.warmup),
         args.eval_batch, peak)
   if 'convs' not in skip:
-    b = batches['eval']
-    size = b['query_img'].shape[1]
-    images = jnp.concatenate([b['query_img'], b['support_imgs'].reshape(-1, size, size, 3)])
     out['convs'] = benchmark.rates(benchmark.bench_backbone_convs(
-        config.model.backbone, variables, images, args.repeats, max(args.warmup, 2)),
+        config.model.backbone, variables, images, args.repeats, args.warmup),
         args.eval_batch, peak)
   if 'train' not in skip:
     out['train'] = benchmark.rates(benchmark.bench_train(
