@@ -1,5 +1,5 @@
-"""The embedded synthetic benchmark, 1-shot: trains and evaluates in 745 s of CPU time
-(12-20 minutes wall on 2 loaded CPU cores). Tiny deep-stem ResNet trained from scratch (no
+"""The embedded synthetic benchmark, 1-shot: trains and evaluates in 650 s of CPU time
+(about 10 minutes wall on 2 CPU cores). Tiny deep-stem ResNet trained from scratch (no
 ImageNet weights exist offline), so the backbone is trainable here; everything else is the
 MM-Net head and the original recipe's optimiser and augmentations at a small size.
 Arg: `fold=N,shots=K,runlocal`."""
