@@ -223,15 +223,24 @@ def unchunked(model):
   return model.clone(attention_chunk=0) if getattr(model, 'attention_chunk', 0) else model
 
 
+def step_flops(make_step, model, compiled, *args) -> float | None:
+  """XLA's FLOPs of make_step(model)(*args): of `compiled` itself unless the model is chunked."""
+  import jax
+  plain = unchunked(model)
+  if plain is model:
+    return cost_flops(compiled)
+  return cost_flops(jax.jit(make_step(plain)).lower(*args).compile())
+
+
 def bench_train(model, config, state, tx, batch: dict, repeats: int, warmup: int) -> dict:
   """Compile and time the jitted train step (state donated) on `batch`."""
   import jax
   from mmnet_jax import train
   step = jax.jit(train.make_train_step(model, tx, config), donate_argnums=(0,))
   state = jax.tree_util.tree_map(lambda x: x.copy(), state)   # donated below: keep the caller's
-  flops = cost_flops(jax.jit(train.make_train_step(unchunked(model), tx, config)).lower(
-      state, batch).compile())
   compiled, compile_s = compile_jitted(step, state, batch)
+  flops = step_flops(lambda m: train.make_train_step(m, tx, config), model, compiled, state,
+                     batch)
   holder = {'state': state}
 
   def call():
@@ -250,8 +259,7 @@ def bench_eval(model, variables: dict, batch: dict, repeats: int, warmup: int) -
   step = jax.jit(evaluate.make_eval_step(model))
   eval_batch = {k: batch[k] for k in ('query_img', 'support_imgs', 'support_labels')}
   compiled, compile_s = compile_jitted(step, variables, eval_batch)
-  flops = cost_flops(jax.jit(evaluate.make_eval_step(unchunked(model))).lower(
-      variables, eval_batch).compile())
+  flops = step_flops(evaluate.make_eval_step, model, compiled, variables, eval_batch)
   reset_peak_rss()
   timing = median_seconds(lambda: compiled(variables, eval_batch), repeats, warmup)
   return dict(timing, compile_s=compile_s, flops=flops,
@@ -397,7 +405,8 @@ def bench_backbone_convs(backbone_name: str, variables: dict, images, repeats: i
                 'median_s': timing['median_s'], 'flops': flops,
                 'flops_per_s': flops / timing['median_s']})
   return {'median_s': total_s, 'flops': total_flops, 'compile_s': compile_s,
-          'images': math.prod(images.shape[:-3]), 'op_count': sum(o['count'] for o in ops), 'ops': ops}
+          'images': math.prod(images.shape[:-3]), 'op_count': sum(o['count'] for o in ops),
+          'ops': ops}
 
 
 def rates(part: dict, episodes: int, peak: float | None) -> dict:

@@ -75,12 +75,20 @@ def test_smoke_tiny_writes_json_and_table(tmp_path):
   saved = json.loads(out.read_text())
   assert saved['configs'][0]['config']['name'] == 'tiny-65-k1'
   r = results['configs'][0]
-  assert set(r) >= {'train', 'eval', 'backbone'}
+  assert set(r) >= {'train', 'eval', 'backbone', 'backbone_convs'}
   for part, episodes in (('train', 2), ('eval', 1), ('backbone', 1)):
     p = r[part]
     assert p['episodes'] == episodes
     assert p['episodes_per_s'] == pytest.approx(episodes / p['median_s'])
     assert p['flops'] > 0 and p['compile_s'] > 0
+  # The convolutions alone: the tiny backbone's 19 per call (stem 3 + 4 blocks x 3 + 4
+  # projections), 2 calls (query, 1 shot); they are most but not all of the backbone's FLOPs.
+  convs = r['backbone_convs']
+  assert convs['op_count'] == 2 * 19 and convs['images'] == 2
+  assert sum(o['count'] for o in convs['ops']) == 2 * 19
+  assert 0.5 * r['backbone']['flops'] < convs['flops'] < r['backbone']['flops']
+  assert convs['median_s'] == pytest.approx(
+      sum(o['count'] * o['median_s'] for o in convs['ops']))
   # The step does more than its backbone; training (forward + backward) more than eval.
   assert r['eval']['flops'] > r['backbone']['flops']
   assert r['train']['flops'] > 2 * r['eval']['flops']
