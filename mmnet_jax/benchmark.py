@@ -21,7 +21,6 @@ Prints a table and, with --output, writes JSON. docs/benchmarks.md has the resul
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -33,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mmnet_jax import host_allocator
+from mmnet_jax import workdir_io
 
 BACKBONE_NAMES = {'r50': 'resnet50', 'r101': 'resnet101', 'tiny': 'tiny'}
 DEFAULT_CONFIGS = ('r50-473-k1', 'r50-473-k5', 'r101-641-k1', 'r101-641-k5')
@@ -553,15 +553,19 @@ def format_results(results: dict) -> str:
   return '\n'.join(lines)
 
 
+def report(results: dict, table: str, output: str) -> dict:
+  """Prints a benchmark's table and, if `output`, writes its results as JSON (atomically)."""
+  print(table, flush=True)
+  if output:
+    workdir_io.write_json_atomic(output, results)
+  return results
+
+
 def main(argv=None):
   args = parse_args(argv)
   args.keep_freed_memory = host_allocator.keep_freed_memory()   # as main.py: before JAX threads
   results = run(args)
-  print(format_results(results), flush=True)
-  if args.output:
-    with open(args.output, 'w') as f:
-      json.dump(results, f, indent=1)
-  return results
+  return report(results, format_results(results), args.output)
 
 
 if __name__ == '__main__':

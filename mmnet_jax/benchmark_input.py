@@ -16,13 +16,14 @@ steps (compilation) are not timed. Prints a table and, with --output, writes JSO
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
 import time
 
 import numpy as np
+
+from mmnet_jax import benchmark
 
 
 def parse_args(argv=None):
@@ -186,11 +187,7 @@ def format_results(results: dict) -> str:
 def main(argv=None):
   args = parse_args(argv)
   results = run(args)
-  print(format_results(results), flush=True)
-  if args.output:
-    with open(args.output, 'w') as f:
-      json.dump(results, f, indent=1)
-  return results
+  return benchmark.report(results, format_results(results), args.output)
 
 
 if __name__ == '__main__':

@@ -29,7 +29,6 @@ measured by each framework. torch runs with torch.set_num_threads(os.cpu_count()
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -188,15 +187,13 @@ def bench_original(model, config, data: dict, args, ours_flops: dict) -> dict:
         return model(x, sx, sy)
     out['eval'] = torch_timing(eval_call, args.repeats, args.warmup)
     out['eval']['torch_flops'] = torch_flops(eval_call)
+  images = torch_episode_images(*data['eval'][:2])
+  model.eval()
   if 'backbone' not in skip:
-    images = torch_episode_images(*data['eval'][:2])
-    model.eval()
     out['backbone'] = torch_timing(lambda: torch_backbone(model, images), args.repeats,
                                    args.warmup)
     out['backbone']['torch_flops'] = torch_flops(lambda: torch_backbone(model, images))
   if 'convs' not in skip:
-    images = torch_episode_images(*data['eval'][:2])
-    model.eval()
     out['convs'] = torch_backbone_convs(model, images, args.repeats, args.warmup)
   if 'train' not in skip:
     x, sx, sy, y = data['train']
@@ -355,11 +352,7 @@ def main(argv=None):
   results['configs'] = [run_config(partnet, spec, args, peak['reference'])
                         for spec in args.specs]
   results['wall_s'] = time.time() - start
-  print(format_markdown(results), flush=True)
-  if args.output:
-    with open(args.output, 'w') as f:
-      json.dump(results, f, indent=1)
-  return results
+  return benchmark.report(results, format_markdown(results), args.output)
 
 
 if __name__ == '__main__':
