@@ -470,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
   try:
     info = convert_file(args.input, args.format, args.output, args.config)
   except (ConversionError, torch_pickle.CheckpointFormatError,
-          torch_pickle.UnsafeCheckpointError, FileExistsError, FileNotFoundError) as e:
+          torch_pickle.UnsafeCheckpointError, OSError) as e:
+    # OSError: an unreadable input (a directory, no permission) or an existing output.
     print(f'error: {e}', file=sys.stderr)
     return 1
   print(f'wrote {args.output}: {info["num_arrays"]} arrays, {info["num_values"]:,} values, '

@@ -14,16 +14,27 @@ tensors, containers and numbers need and refuses every other global with an
 `UnsafeCheckpointError` naming the file and the global, so nothing from a checkpoint is
 ever called. Tensors (and `nn.Parameter`s) come back as numpy arrays that own their data,
 honouring the storage offset, size and stride.
+
+A crafted file cannot make the reader allocate more than the file justifies: every pickle is
+scanned (`_check_pickle`) before it is unpickled, so a length field or memo index larger than
+the pickle itself is refused before the C unpickler allocates for it; `bytes`/`bytearray` are
+never called with a size; storages must hold exactly the bytes their ids declare; the copied
+tensors may not exceed `_SHARED_FACTOR` x the storage bytes in the file (a zero-stride
+1e7 x 1e7 view of one float is refused); containers nest at most `_MAX_DEPTH` levels. Each
+such file, and any other malformed one, raises a one-line `CheckpointFormatError` naming it.
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import math
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
+import zlib
 from typing import Any
 
 import ml_dtypes
@@ -31,6 +42,18 @@ import numpy as np
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
+
+# Checkpoints nest a few levels (checkpoint -> optimizer -> state -> param -> buffer); a deeper
+# (or cyclic) structure is crafted, and materialising it would exhaust Python's recursion.
+_MAX_DEPTH = 100
+# Copied tensors may take this many times the storage bytes in the file: tied or shared
+# weights and small expanded (zero-stride) views fit, a view multiplying one storage does not.
+_SHARED_FACTOR = 4
+_SHARED_SLACK_BYTES = 2**28
+# No zip member is decompressed beyond this (ResNet-101 MM-Net checkpoints are ~0.3 GB).
+_MAX_MEMBER_BYTES = 2**34
+# Opcodes that store into the memo at an explicit index (the C unpickler sizes the memo to it).
+_MEMO_PUTS = frozenset(['PUT', 'BINPUT', 'LONG_BINPUT'])
 
 # torch storage class name -> numpy dtype of one element.
 _STORAGE_DTYPES = {
@@ -46,6 +69,7 @@ _STORAGE_DTYPES = {
     'BoolStorage': np.dtype(np.bool_),
     'ComplexFloatStorage': np.dtype(np.complex64),
     'ComplexDoubleStorage': np.dtype(np.complex128),
+    'UntypedStorage': np.dtype(np.uint8),  # _rebuild_tensor_v3 (uint16, float8, ...) storages
 }
 
 # torch dtype name (as pickled: GLOBAL torch.<name>) -> numpy dtype; used by _rebuild_tensor_v3.
@@ -65,6 +89,8 @@ _TORCH_DTYPES = {
     'bool': np.dtype(np.bool_),
     'complex64': np.dtype(np.complex64),
     'complex128': np.dtype(np.complex128),
+    'float8_e4m3fn': np.dtype(ml_dtypes.float8_e4m3fn),
+    'float8_e5m2': np.dtype(ml_dtypes.float8_e5m2),
 }
 
 # Builtins that the pickle protocol uses to rebuild plain containers and numbers.
@@ -79,6 +105,10 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
 
 class CheckpointFormatError(ValueError):
   """A checkpoint is malformed or uses a feature this reader does not support."""
+
+
+class _BadPickle(CheckpointFormatError):
+  """A pickle stream is truncated, unknown or asks for more memory than its bytes justify."""
 
 
 class _StorageType:
@@ -220,6 +250,8 @@ def _resolve_global(module: str, name: str):
   """Returns the stand-in for an allow-listed global, or None if it is not allowed."""
   if module == 'collections' and name == 'OrderedDict':
     return collections.OrderedDict
+  if module in ('builtins', '__builtin__') and name in ('bytes', 'bytearray'):
+    return _BYTES_CONSTRUCTORS[name]
   if module in ('builtins', '__builtin__') and name in _SAFE_BUILTINS:
     return getattr(__import__('builtins'), name)
   if module == '_codecs' and name == 'encode':
@@ -234,6 +266,54 @@ def _resolve_global(module: str, name: str):
   if module == 'torch' and name == 'Size':
     return _torch_size
   return None
+
+
+def _bytes_constructor(cls):
+  """`cls` (bytes or bytearray) called only as pickles call it: with no argument or with data.
+
+  `bytes(10**12)` would allocate a terabyte of zeros that the file does not contain.
+  """
+
+  def construct(*args):
+    if args and not isinstance(args[0], (str, bytes, bytearray)):
+      raise CheckpointFormatError(
+          f'refusing {cls.__name__}({args[0]!r:.40}): pickles build {cls.__name__} from data, '
+          'never from a size')
+    return cls(*args)
+
+  return construct
+
+
+_BYTES_CONSTRUCTORS = {'bytes': _bytes_constructor(bytes),
+                       'bytearray': _bytes_constructor(bytearray)}
+
+
+def _check_pickle(f: io.BytesIO, source: str) -> None:
+  """Scans one pickle from `f`'s position (restored after) without building anything.
+
+  Refuses what would make the C unpickler allocate memory the file does not hold: a counted
+  argument (BINBYTES8, BYTEARRAY8, LONG4, ...) longer than the bytes left, and a memo index
+  larger than the bytes read so far (the C memo is resized to twice the index and cleared;
+  picklers number memo entries from 0, one per opcode at most).
+  """
+  start = f.tell()
+  try:
+    for opcode, arg, pos in pickletools.genops(f):
+      if opcode.name in _MEMO_PUTS and arg > pos - start:
+        raise _BadPickle(f'{source}: memo index {arg:,} at byte {pos} is larger than the '
+                         'pickle read so far (crafted to exhaust memory)')
+  except ValueError as e:  # genops: truncated argument, unknown opcode, no STOP
+    if isinstance(e, _BadPickle):
+      raise
+    raise _BadPickle(f'{source}: malformed pickle ({e})') from e
+  finally:
+    f.seek(start)
+
+
+def _unpickle(f: io.BytesIO, source: str, storages: dict[str, _Storage], legacy: bool) -> Any:
+  """The next pickle of `f`, checked by `_check_pickle`, through the restricted unpickler."""
+  _check_pickle(f, source)
+  return _RestrictedUnpickler(f, source, storages, legacy).load()
 
 
 def _codecs_encode(obj, encoding='utf-8'):
@@ -259,9 +339,35 @@ def load(path: str | os.PathLike) -> Any:
   source = os.fspath(path)
   with open(source, 'rb') as f:
     raw = f.read()
-  if zipfile.is_zipfile(io.BytesIO(raw)):
-    return _load_zip(raw, source)
-  return _load_legacy(raw, source)
+  try:
+    if zipfile.is_zipfile(io.BytesIO(raw)):
+      return _load_zip(raw, source)
+    return _load_legacy(raw, source)
+  except UnsafeCheckpointError:
+    raise
+  except CheckpointFormatError as e:
+    if source in str(e):
+      raise
+    raise CheckpointFormatError(f'{source}: {e}') from e  # raised where the file is unknown
+  except (TypeError, ValueError, KeyError, IndexError, AttributeError, EOFError,
+          OverflowError, RecursionError, NotImplementedError, struct.error, zlib.error,
+          zipfile.BadZipFile, pickle.UnpicklingError) as e:
+    # Containers, numbers and stand-ins of the wrong type or arity anywhere in the pickle.
+    raise CheckpointFormatError(
+        f'{source}: malformed checkpoint ({type(e).__name__}: {e})'.splitlines()[0]) from e
+
+
+def _read_member(zf: zipfile.ZipFile, name: str, source: str, nbytes: int | None = None
+                 ) -> bytes:
+  """Member `name`, after checking its declared size (a deflate bomb is never inflated)."""
+  size = zf.getinfo(name).file_size
+  if nbytes is not None and size != nbytes:
+    raise CheckpointFormatError(f'{source}: {name} holds {size:,} bytes, its storage id '
+                                f'declares {nbytes:,}')
+  if size > _MAX_MEMBER_BYTES:
+    raise CheckpointFormatError(f'{source}: {name} would inflate to {size:,} bytes (more '
+                                f'than {_MAX_MEMBER_BYTES:,})')
+  return zf.read(name)
 
 
 def _load_zip(raw: bytes, source: str) -> Any:
@@ -274,18 +380,19 @@ def _load_zip(raw: bytes, source: str) -> Any:
     prefix = pickles[0][:-len('data.pkl')]
     byteorder = 'little'
     if prefix + 'byteorder' in names:
-      byteorder = zf.read(prefix + 'byteorder').decode('ascii').strip()
+      byteorder = _read_member(zf, prefix + 'byteorder', source).decode('ascii').strip()
     if byteorder not in ('little', 'big'):
       raise CheckpointFormatError(f'{source}: unknown byteorder {byteorder!r}')
     storages: dict[str, _Storage] = {}
-    obj = _RestrictedUnpickler(io.BytesIO(zf.read(pickles[0])), source, storages,
-                               legacy=False).load()
+    obj = _unpickle(io.BytesIO(_read_member(zf, pickles[0], source)), source, storages,
+                    legacy=False)
     for key, storage in storages.items():
       member = f'{prefix}data/{key}'
       if member not in names:
         raise CheckpointFormatError(f'{source}: storage {member} is missing')
-      storage.data = _frombuffer(zf.read(member), storage, byteorder, source)
-  return _materialise(obj, source)
+      payload = _read_member(zf, member, source, storage.numel * storage.dtype.itemsize)
+      storage.data = _frombuffer(payload, storage, byteorder, source)
+  return _materialise(obj, source, _Budget(storages, source))
 
 
 def _load_legacy(raw: bytes, source: str) -> Any:
@@ -294,12 +401,13 @@ def _load_legacy(raw: bytes, source: str) -> Any:
   def plain_load(what):
     # The header pickles are plain data: the same restricted unpickler, no storages.
     try:
-      return _RestrictedUnpickler(f, source, {}, legacy=True).load()
-    except (EOFError, pickle.UnpicklingError) as e:
+      return _unpickle(f, source, {}, legacy=True)
+    except (EOFError, pickle.UnpicklingError, _BadPickle) as e:
       if isinstance(e, UnsafeCheckpointError):
         raise
+      detail = str(e).removeprefix(f'{source}: ')
       raise CheckpointFormatError(
-          f'{source}: not a torch checkpoint (reading {what} failed: {e})') from e
+          f'{source}: not a torch checkpoint (reading {what} failed: {detail})') from e
 
   magic = plain_load('the magic number')
   if magic != _LEGACY_MAGIC:
@@ -314,7 +422,7 @@ def _load_legacy(raw: bytes, source: str) -> Any:
   byteorder = 'little' if little else 'big'
 
   storages: dict[str, _Storage] = {}
-  obj = _RestrictedUnpickler(f, source, storages, legacy=True).load()
+  obj = _unpickle(f, source, storages, legacy=True)
   keys = plain_load('the storage keys')
   for key in keys:
     storage = storages.get(str(key))
@@ -331,7 +439,7 @@ def _load_legacy(raw: bytes, source: str) -> Any:
           f'{source}: storage {key!r} holds {len(payload)} bytes, expected '
           f'{storage.numel} elements of {storage.dtype}')
     storage.data = _frombuffer(payload, storage, byteorder, source)
-  return _materialise(obj, source)
+  return _materialise(obj, source, _Budget(storages, source))
 
 
 def _frombuffer(payload: bytes, storage: _Storage, byteorder: str, source: str) -> np.ndarray:
@@ -344,7 +452,27 @@ def _frombuffer(payload: bytes, storage: _Storage, byteorder: str, source: str) 
   return np.frombuffer(payload, dtype=dtype).astype(storage.dtype, copy=False)
 
 
-def _tensor_to_numpy(ref: _TensorRef, source: str) -> np.ndarray:
+class _Budget:
+  """Bytes the copied tensors may still take: `_SHARED_FACTOR` x the storages' bytes."""
+
+  def __init__(self, storages: dict[str, _Storage], source: str):
+    stored = sum(s.data.nbytes for s in storages.values() if s.data is not None)
+    self.limit = _SHARED_FACTOR * stored + _SHARED_SLACK_BYTES
+    self.left = self.limit
+    self.stored = stored
+    self.source = source
+
+  def take(self, nbytes: int, what: str) -> None:
+    if nbytes > self.left:
+      raise CheckpointFormatError(
+          f'{self.source}: {what} takes {nbytes:,} bytes, past the {self.limit:,} that '
+          f'{self.stored:,} bytes of storage allow (a zero-stride or repeatedly shared '
+          'storage); refusing to allocate')
+    self.left -= nbytes
+
+
+def _tensor_to_numpy(ref: _TensorRef, source: str, budget: _Budget | None = None
+                     ) -> np.ndarray:
   storage = ref.storage
   base_offset = 0
   if isinstance(storage, _StorageView):
@@ -355,13 +483,20 @@ def _tensor_to_numpy(ref: _TensorRef, source: str) -> np.ndarray:
     raise CheckpointFormatError(f'{source}: tensor refers to an unread storage')
   flat = storage.data
   if ref.dtype is not None and ref.dtype != flat.dtype:
+    if flat.nbytes % ref.dtype.itemsize:
+      raise CheckpointFormatError(
+          f'{source}: storage {storage.key!r} of {flat.nbytes} bytes is not a whole number of '
+          f'{ref.dtype} elements ({ref.dtype.itemsize} bytes)')
     flat = flat.view(np.uint8).view(ref.dtype)  # v3: reinterpret the untyped bytes
   if any(s < 0 for s in ref.size) or any(s < 0 for s in ref.stride) or ref.offset < 0:
     raise CheckpointFormatError(f'{source}: negative size/stride/offset in a tensor')
   if len(ref.size) != len(ref.stride):
     raise CheckpointFormatError(f'{source}: size {ref.size} and stride {ref.stride} differ')
+  nbytes = math.prod(ref.size) * flat.itemsize
+  if budget is not None:
+    budget.take(nbytes, f'a tensor of size {ref.size} stride {ref.stride}')
   start = base_offset + ref.offset
-  if 0 in ref.size:
+  if nbytes == 0:
     return np.zeros(ref.size, dtype=flat.dtype)
   # Bounds check before as_strided, which would otherwise read arbitrary memory.
   last = start + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
@@ -370,25 +505,31 @@ def _tensor_to_numpy(ref: _TensorRef, source: str) -> np.ndarray:
         f'{source}: tensor of size {ref.size} stride {ref.stride} offset {ref.offset} '
         f'reads past the end of storage {storage.key!r} ({flat.size} elements)')
   item = flat.itemsize
-  view = np.lib.stride_tricks.as_strided(
-      flat[start:], shape=ref.size, strides=tuple(s * item for s in ref.stride),
-      writeable=False)
+  # A size-1 dimension's stride is never used; torch allows any value there.
+  strides = tuple(0 if n == 1 else s * item for n, s in zip(ref.size, ref.stride))
+  view = np.lib.stride_tricks.as_strided(flat[start:], shape=ref.size, strides=strides,
+                                         writeable=False)
   return np.array(view, order='C', copy=True)
 
 
-def _materialise(obj: Any, source: str) -> Any:
+def _materialise(obj: Any, source: str, budget: _Budget | None = None, depth: int = 0) -> Any:
   """Replaces every _TensorRef in nested containers with its numpy array."""
+  if depth > _MAX_DEPTH:
+    raise CheckpointFormatError(
+        f'{source}: containers nested more than {_MAX_DEPTH} levels deep (or cyclic)')
   if isinstance(obj, _TensorRef):
-    return _tensor_to_numpy(obj, source)
+    return _tensor_to_numpy(obj, source, budget)
   if isinstance(obj, (_Storage, _StorageView)):
     raise CheckpointFormatError(f'{source}: bare storages (not tensors) are not supported')
   if isinstance(obj, dict):
     for k in list(obj.keys()):
-      obj[k] = _materialise(obj[k], source)
+      obj[k] = _materialise(obj[k], source, budget, depth + 1)
     return obj
   if isinstance(obj, list):
-    obj[:] = [_materialise(v, source) for v in obj]
+    obj[:] = [_materialise(v, source, budget, depth + 1) for v in obj]
     return obj
   if isinstance(obj, tuple):
-    return type(obj)(_materialise(v, source) for v in obj) if type(obj) is tuple else obj
+    if type(obj) is not tuple:
+      return obj
+    return tuple(_materialise(v, source, budget, depth + 1) for v in obj)
   return obj

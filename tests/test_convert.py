@@ -243,3 +243,43 @@ def test_cli_config_validation(tmp_path):
   assert convert.main(['--format', 'torchvision-resnet', '--input', src, '--output', str(out),
                        '--config', f'{cfg}:tiny']) == 1
   assert not out.exists()
+
+
+def _crafted_files(tmp_path):
+  """Crafted .pth files (from tests/test_torch_pickle.py) that once ended in tracebacks."""
+  from tests import test_torch_pickle as tp  # pylint: disable=g-import-not-at-top
+  files = {}
+  for name, payload, storage in [
+      ('zero_stride', tp._tensor_pickle((10**7, 10**7), (0, 0), 1), b'\0' * 4),
+      ('nested', b'\x80\x02' + b']' * 100_000 + b'a' * 99_999 + b'.', None),
+      ('bytes_size', b'\x80\x02' + tp._global('__builtin__', 'bytes') + tp._plain(10**12)
+       + b'\x85R.', None),
+      ('binbytes8', b'\x80\x05\x8e' + (10**12).to_bytes(8, 'little') + b'abc.', None),
+      ('v3_odd', tp._tensor_pickle((1,), (1,), 6, 'ByteStorage', 'float32'), b'\0' * 6)]:
+    sub = tmp_path / name
+    sub.mkdir()
+    files[name] = tp._zip_checkpoint(sub, payload, storage)
+  return files
+
+
+def test_cli_crafted_files_are_one_line_errors(tmp_path, capsys):
+  for name, src in _crafted_files(tmp_path).items():
+    out = tmp_path / f'out_{name}'
+    assert convert.main(['--format', 'mmnet-official', '--input', src,
+                         '--output', str(out)]) == 1, name
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and err.count('\n') == 1 and src in err, (name, err)
+    assert not out.exists()
+
+
+def test_cli_module_exit_status_and_message(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  src = _crafted_files(tmp_path)['nested']
+  for args in (['--input', src], ['--input', str(tmp_path)]):  # crafted; a directory
+    proc = subprocess.run(
+        [sys.executable, '-m', 'mmnet_jax.convert', '--format', 'mmnet-official', *args,
+         '--output', str(tmp_path / 'out')], capture_output=True, text=True, timeout=120,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith('error: ') and proc.stderr.count('\n') == 1, proc.stderr
