@@ -208,14 +208,19 @@ def training_recipe(config: ml_collections.ConfigDict) -> dict:
 
 
 class StopSignals:
-  """SIGTERM / SIGINT -> `requested` (the signal's name), checked by the loop between steps.
+  """SIGTERM / SIGINT / SIGHUP -> `requested` (the signal's name), checked between steps.
+
+  SIGHUP (the terminal or ssh session of a foreground run closed) saves like SIGTERM instead
+  of killing the run mid-step.
 
   The previous handlers come back on exit. A second signal of the same kind gets the previous
   behaviour at once (Ctrl-C twice still interrupts; SIGTERM twice terminates). Outside the main
   thread nothing is installed (Python only delivers signals there).
   """
 
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+  SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+  # Left alone when ignored: `nohup` asked the run to outlive its terminal.
+  KEEP_IGNORED = (signal.SIGHUP,)
 
   def __init__(self):
     self.requested: str | None = None
@@ -235,6 +240,8 @@ class StopSignals:
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
       for signum in self.SIGNALS:
+        if signum in self.KEEP_IGNORED and signal.getsignal(signum) == signal.SIG_IGN:
+          continue
         self._previous[signum] = signal.signal(signum, self._handle)
     return self
 

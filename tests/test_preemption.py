@@ -147,3 +147,40 @@ def test_best_checkpoint_is_committed_before_save_best_returns(tmp_path):
     assert os.path.isdir(os.path.join(str(tmp_path), checkpoint.BEST_DIR, '3'))
   finally:
     ckpts.close()
+
+
+def test_sighup_sets_the_flag_and_a_second_gets_the_previous_handler():
+  calls = []
+  original = signal.signal(signal.SIGHUP, lambda signum, frame: calls.append(signum))
+  try:
+    previous = signal.getsignal(signal.SIGHUP)
+    with train.StopSignals() as stop:
+      os.kill(os.getpid(), signal.SIGHUP)   # a closed terminal: only the flag
+      time.sleep(0.01)
+      assert stop.requested == 'SIGHUP' and calls == []
+      os.kill(os.getpid(), signal.SIGHUP)   # a second one: the previous behaviour
+      time.sleep(0.01)
+      assert calls == [signal.SIGHUP]
+    assert signal.getsignal(signal.SIGHUP) is previous
+    # Under nohup (SIGHUP ignored) the run keeps ignoring it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    with train.StopSignals() as stop:
+      os.kill(os.getpid(), signal.SIGHUP)
+      time.sleep(0.01)
+      assert stop.requested is None
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+  finally:
+    signal.signal(signal.SIGHUP, original)
+
+
+@pytest.mark.slow   # ~25 s; the SIGTERM test covers the same loop path by default
+def test_sighup_saves_and_returns_like_sigterm(tmp_path, compile_cache):
+  config = shared_config()
+  workdir = str(tmp_path / 'run')
+  before = signal.getsignal(signal.SIGHUP)
+  signal_when(workdir, 1, signal.SIGHUP)
+  outcome = train.train(config, workdir)
+  assert outcome['preempted'] == 'SIGHUP'
+  assert 1 <= outcome['step'] < NUM_STEPS
+  assert committed_steps(workdir) == [outcome['step']]
+  assert signal.getsignal(signal.SIGHUP) is before
