@@ -24,6 +24,7 @@ import numpy as np
 
 from mmnet_jax import metrics
 from mmnet_jax.data import augment
+from mmnet_jax.data import image_io
 
 OVERLAY_SUFFIX = '_overlay'
 OVERLAY_COLOR = np.array([255, 40, 40], np.float32)   # red foreground tint
@@ -31,13 +32,16 @@ OVERLAY_ALPHA = 0.5
 
 
 def load_image(path: str, what: str = 'image') -> np.ndarray:
-  """uint8 (h, w, 3) RGB from an image file; clear errors for a missing or unreadable file."""
+  """uint8 (h, w, 3) RGB from an image file, 16-bit grayscale scaled (`image_io.rgb8`).
+
+  Clear errors for a missing or unreadable file.
+  """
   from PIL import Image, UnidentifiedImageError
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{what} {path!r}: no such file')
   try:
     with Image.open(path) as im:
-      return np.asarray(im.convert('RGB'), np.uint8)
+      return image_io.rgb8(im)
   except (UnidentifiedImageError, OSError) as e:
     raise ValueError(f'{what} {path!r} is not a readable image file: {e}') from e
 

@@ -34,6 +34,7 @@ from pycocotools import mask as mask_utils
 import tensorflow_datasets as tfds
 
 from mmnet_jax.data import datasets
+from mmnet_jax.data import image_io
 
 NUM_CLASSES = 80
 # The 80 category ids of COCO 2014/2017 (1..90 with 10 unused ids); class c is CATEGORY_IDS[c-1].
@@ -163,11 +164,12 @@ class Coco20i(tfds.core.GeneratorBasedBuilder):
         if im.size != (width, height):
           raise ValueError(f'{image_path}: size {im.size[::-1]} != annotated '
                            f'{(height, width)}')
+        image = image_io.builder_image(image_path, im)
       label = paint_label(anns, height, width, cat_map)
       areas = datasets.label_class_areas(label, NUM_CLASSES)
       image_id = os.path.splitext(file_name)[0]
       yield image_id, {
-          'image': image_path,   # the JPEG bytes are stored as they are
+          'image': image,   # the file's bytes as they are (16-bit grayscale: an 8-bit PNG)
           'label': label[..., None],
           'image_id': image_id,
           'list_index': index,

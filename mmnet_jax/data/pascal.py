@@ -36,6 +36,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from mmnet_jax.data import datasets
+from mmnet_jax.data import image_io
 
 NUM_CLASSES = 20
 VOC_CLASSES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair',
@@ -258,9 +259,10 @@ class Pascal5i(tfds.core.GeneratorBasedBuilder):
         if im.size != label.shape[::-1]:
           raise ValueError(f'{image_path}: image size {im.size[::-1]} != mask size '
                            f'{label.shape} of {e.label}')
+        image = image_io.builder_image(image_path, im)
       areas = datasets.label_class_areas(label, NUM_CLASSES)
       yield e.image_id, {
-          'image': image_path,   # the JPEG bytes are stored as they are
+          'image': image,   # the file's bytes as they are (16-bit grayscale: an 8-bit PNG)
           'label': label[..., None],
           'image_id': e.image_id,
           'list_index': index,
