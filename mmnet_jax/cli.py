@@ -12,7 +12,7 @@ import ml_collections
 MODES = ('train', 'eval', 'summary', 'predict')
 
 
-PREEMPTED_EXIT_CODES = {'SIGTERM': 143, 'SIGINT': 130}
+PREEMPTED_EXIT_CODES = {'SIGTERM': 143, 'SIGINT': 130, 'SIGHUP': 129}   # 128 + signal number
 
 
 def run(mode: str, config: ml_collections.ConfigDict, workdir: str | None,

@@ -5,7 +5,7 @@ learning rate of PFENet/MM-Net (lr_t = lr_multiplier * base_lr * (1 - t/T)^power
 from 1), a jit-compiled step over a data-parallel mesh, orbax checkpoints (latest + best by
 mIoU, resumed from the workdir), TensorBoard scalars and a progress bar.
 
-Never losing a run (docs/robustness.md): SIGTERM / SIGINT save a checkpoint at the next step
+Never losing a run (docs/robustness.md): SIGTERM / SIGINT / SIGHUP save a checkpoint at the next step
 boundary and return; a SIGKILLed run resumes from its last complete checkpoint; a resumed run
 ends bitwise equal to an uninterrupted one on the same devices; a non-finite loss or gradient
 stops the run naming the step without saving the bad state; one run per workdir (a lock).
@@ -460,7 +460,7 @@ def _any_process(flag: bool) -> bool:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains MM-Net as configured, then evaluates the selected checkpoint; returns results.
 
-  A run stopped by SIGTERM / SIGINT returns `train`'s outcome (preempted set) unevaluated.
+  A run stopped by SIGTERM / SIGINT / SIGHUP returns `train`'s outcome (preempted set) unevaluated.
   """
   outcome = train(config, workdir)
   if outcome['preempted']:

@@ -184,3 +184,10 @@ def test_sighup_saves_and_returns_like_sigterm(tmp_path, compile_cache):
   assert 1 <= outcome['step'] < NUM_STEPS
   assert committed_steps(workdir) == [outcome['step']]
   assert signal.getsignal(signal.SIGHUP) is before
+
+
+def test_every_stop_signal_has_its_shell_exit_code():
+  """main.py exits 128 + signal number after a saved stop (SIGHUP gave 1 before)."""
+  from mmnet_jax import cli, train
+  for sig in train.StopSignals.SIGNALS:
+    assert cli.PREEMPTED_EXIT_CODES[sig.name] == 128 + int(sig)
