@@ -12,6 +12,7 @@ config.eval.episodes_file evaluates a saved list again, exactly.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -331,14 +332,40 @@ class Evaluator:
 def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, model):
   """Variables to evaluate: the workdir checkpoint the config selects (best when
   select_on='test_fold', else latest); without any checkpoint there, the converted weights of
-  config.init_from (e.g. a released MM-Net checkpoint). Returns (variables, step, source)."""
+  config.init_from (e.g. a released MM-Net checkpoint). Returns (variables, step, source).
+
+  Opens the checkpoints read-only: nothing in the workdir is created, cleaned up or deleted,
+  so it may run beside the training writing them (a step replaced meanwhile is read again from
+  the newer one). A best/ of another run than the latest checkpoint's is ignored (a warning).
+  """
+  for attempt in range(_READ_ATTEMPTS):
+    ckpts = checkpoint.RunCheckpoints(workdir, read_only=True)
+    try:
+      return _restore_selected(config, workdir, model, ckpts)
+    except checkpoint.CheckpointVanishedError:
+      if attempt == _READ_ATTEMPTS - 1:
+        raise
+    finally:
+      ckpts.close()
+
+
+_READ_ATTEMPTS = 5   # a live writer replaces its one step at most every step
+
+
+def _restore_selected(config, workdir, model, ckpts: checkpoint.RunCheckpoints):
   from mmnet_jax import train   # train imports this module; import lazily
-  ckpts = checkpoint.RunCheckpoints(workdir)
-  manager = ckpts.best if config.eval.select_on == 'test_fold' else ckpts.latest
-  if manager.latest_step() is None:
-    manager = ckpts.latest
-  if manager.latest_step() is None:
-    ckpts.close()
+  manager, step = ckpts.latest, checkpoint.latest_complete_step(ckpts.latest)
+  meta = None if step is None else checkpoint.restore_meta(manager, step)
+  best_step = checkpoint.latest_complete_step(ckpts.best)
+  if best_step is not None and config.eval.select_on == 'test_fold':
+    best_meta = checkpoint.restore_meta(ckpts.best, best_step)
+    reason = None if meta is None else checkpoint.foreign_best_reason(meta, best_meta)
+    if reason is None:
+      manager, step, meta = ckpts.best, best_step, best_meta
+    else:
+      logging.warning('ignoring the best checkpoint %s/%d: %s; evaluating the latest',
+                      ckpts.best.directory, best_step, reason)
+  if step is None:
     if config.init_from:
       variables = train.load_init_from(config, train.init_variables(model, config))
       return variables, 0, f'init_from {config.init_from}'
@@ -346,12 +373,11 @@ def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, model):
                             f'{workdir}/{checkpoint.BEST_DIR} and no config.init_from: train '
                             'first (--mode=train) or convert weights (python -m mmnet_jax.convert)')
   # Refuse another model's checkpoint by its metadata before shapes fail to restore.
-  workdir_io.check_fingerprint(checkpoint.restore_meta(manager), train.config_fingerprint(config),
-                               str(manager.directory))
+  workdir_io.check_fingerprint(meta, train.config_fingerprint(config),
+                               checkpoint.step_path(manager, step))
   abstract = checkpoint.abstract_like(train.abstract_state(model, config),
                                       sharding.replicated(sharding.make_mesh()))
-  state, meta = checkpoint.restore(manager, abstract)
-  ckpts.close()
+  state, meta = checkpoint.restore(manager, abstract, step)
   which = 'best' if manager is ckpts.best else 'latest'
   return {'params': state['params'], 'batch_stats': state['batch_stats']}, int(meta['step']), which
 

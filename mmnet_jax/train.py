@@ -7,8 +7,9 @@ mIoU, resumed from the workdir), TensorBoard scalars and a progress bar.
 
 Never losing a run (docs/robustness.md): SIGTERM / SIGINT / SIGHUP save a checkpoint at the next step
 boundary and return; a SIGKILLed run resumes from its last complete checkpoint; a resumed run
-ends bitwise equal to an uninterrupted one on the same devices; a non-finite loss or gradient
-stops the run naming the step without saving the bad state; one run per workdir (a lock).
+ends bitwise equal to an uninterrupted one on the same devices; a non-finite loss, gradient or
+updated state stops the run naming the step without saving the bad state; one run per workdir
+(a lock).
 """
 
 from __future__ import annotations
@@ -48,8 +49,12 @@ def poly_lr(config: ml_collections.ConfigDict, total_steps: int):
   power = config.train.poly_power
 
   def schedule(step):
-    t = jnp.minimum(step + 1, total_steps).astype(jnp.float32)
-    return peak * (1.0 - t / total_steps) ** power
+    # 1 - t/T is computed from the integer count of steps left, so it is exactly 0 at the last
+    # step: in floats, XLA's t * (1/T) leaves -1.5e-8 there for T = 3, 5, 10, ... and its
+    # 0.9th power is NaN. Works for an array of T too (one schedule per entry).
+    remaining = jnp.maximum(total_steps - (jnp.asarray(step) + 1), 0)
+    fraction = remaining.astype(jnp.float32) / jnp.asarray(total_steps, jnp.float32)
+    return peak * fraction ** power
   return schedule
 
 
@@ -137,8 +142,17 @@ def support_masks(batch: dict) -> jax.Array:
   return (batch['support_labels'] == 1).astype(jnp.float32)
 
 
+def all_finite(*trees) -> jax.Array:
+  """True (a traced bool) when every entry of every leaf of `trees` is finite."""
+  leaves = jax.tree_util.tree_leaves(trees)
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves] or [True]))
+
+
 def make_train_step(model, tx, config: ml_collections.ConfigDict):
-  """Returns train_step(state, batch) -> (state, metrics), to be jit-compiled."""
+  """Returns train_step(state, batch) -> (state, metrics), to be jit-compiled.
+
+  metrics['finite_grads']: the loss and the gradients are finite; metrics['finite']: so is
+  the new state (parameters and batch statistics)."""
   aux_weight = config.train.aux_weight
   recon_weight = config.train.recon_weight
   base_key = jax.random.key(config.seed)
@@ -159,9 +173,11 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict):
         state['params'])
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
-        [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
-    metrics = dict(parts, loss=loss, finite=finite)
+    finite_grads = all_finite(loss, grads)
+    # The update is checked too: a finite gradient times a bad learning rate (or a momentum
+    # overflow) must not be committed either.
+    metrics = dict(parts, loss=loss, finite_grads=finite_grads,
+                   finite=finite_grads & all_finite(params, new_stats))
     new_state = {'step': state['step'] + 1, 'params': params, 'batch_stats': new_stats,
                  'opt_state': opt_state}
     return new_state, metrics
@@ -255,7 +271,8 @@ def make_guarded_step(model, tx, config: ml_collections.ConfigDict):
   """train_step plus a device-side record of the first non-finite step, to be jit-compiled.
 
   guarded(state, batch, first_bad) -> (state, metrics, first_bad), first_bad = {'step': int32
-  (-1 while every step was finite, else the 1-based count of the first bad step), 'loss'}.
+  (-1 while every step was finite, else the 1-based count of the first bad step), 'loss',
+  'update_only' (True when the loss and gradients were finite but the new state was not)}.
   Checked on the host only at log, eval, save and stop points, so there is no per-step sync,
   and no state after a non-finite step is ever saved.
   """
@@ -265,14 +282,17 @@ def make_guarded_step(model, tx, config: ml_collections.ConfigDict):
     state, metrics = train_step(state, batch)
     new_bad = (~metrics['finite']) & (first_bad['step'] < 0)
     first_bad = {'step': jnp.where(new_bad, state['step'], first_bad['step']),
-                 'loss': jnp.where(new_bad, metrics['loss'], first_bad['loss'])}
+                 'loss': jnp.where(new_bad, metrics['loss'], first_bad['loss']),
+                 'update_only': jnp.where(new_bad, metrics['finite_grads'],
+                                          first_bad['update_only'])}
     return state, metrics, first_bad
   return guarded
 
 
 def no_bad_step() -> dict:
   """The initial `first_bad` record of `make_guarded_step`."""
-  return {'step': jnp.full((), -1, jnp.int32), 'loss': jnp.zeros((), jnp.float32)}
+  return {'step': jnp.full((), -1, jnp.int32), 'loss': jnp.zeros((), jnp.float32),
+          'update_only': jnp.zeros((), jnp.bool_)}
 
 
 def _raise_if_non_finite(first_bad: dict, done: int, ckpts: checkpoint.RunCheckpoints) -> None:
@@ -283,8 +303,11 @@ def _raise_if_non_finite(first_bad: dict, done: int, ckpts: checkpoint.RunCheckp
   last = ckpts.latest.latest_step()
   kept = (f'the last good checkpoint (step {last}) in {ckpts.latest.directory} is kept'
           if last is not None else 'no checkpoint had been saved yet')
+  what = ('update (the new parameters or batch statistics; the loss and gradients were '
+          'finite: check the learning rate)' if bool(bad['update_only'])
+          else 'loss or gradient')
   raise FloatingPointError(
-      f'non-finite loss or gradient at step {int(bad["step"])} (loss {float(bad["loss"])}, '
+      f'non-finite {what} at step {int(bad["step"])} (loss {float(bad["loss"])}, '
       f'seen at step {done}); training stopped, nothing after step {last} was saved; {kept}')
 
 
@@ -373,7 +396,8 @@ def _train_locked(config, workdir, mesh, stop: StopSignals) -> dict:
 
   def save(step, metrics=None, best=False, eval_pending=False):
     meta = {'step': step, 'best_miou': best_miou, 'fingerprint': fingerprint,
-            'recipe': recipe, 'metrics': metrics or {}, 'eval_pending': eval_pending}
+            'recipe': recipe, 'metrics': metrics or {}, 'eval_pending': eval_pending,
+            'run_id': ckpts.run_id}   # a best/ of another run is never taken for this one's
     host_state = jax.device_get(state)
     if best:   # committed before the latest that records its mIoU (checkpoint.py)
       ckpts.save_best(step, host_state, meta)
@@ -418,7 +442,7 @@ def _train_locked(config, workdir, mesh, stop: StopSignals) -> dict:
         eps = steps_since * config.train.batch_size / (now - t_last)
         t_last, steps_since = now, 0
         lr = float(schedule(step))
-        scalars = {k: float(v) for k, v in metrics.items() if k != 'finite'}
+        scalars = {k: float(v) for k, v in metrics.items() if not k.startswith('finite')}
         scalars.update(lr=lr, episodes_per_s=eps, skipped_samples=data.skips.count)
         writer.scalars(done, {f'train/{k}': v for k, v in scalars.items()})
         bar.set_postfix(loss=f'{scalars["loss"]:.3f}', lr=f'{lr:.2e}', eps=f'{eps:.1f}')

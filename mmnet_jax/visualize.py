@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 
 import jax
@@ -151,13 +152,15 @@ class EpisodeGrids:
 def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
   """{tag: [(step, value), ...]} from every event file under `logdir`, sorted by step.
 
-  A step logged twice (a resumed run) keeps the value written last.
+  A step logged twice (a resumed run) keeps the value written last. A truncated or damaged
+  record (a run killed mid-write, or a file still being written) ends that file's reading
+  with a warning; the records before it count.
   """
   import tensorflow as tf
   found: dict[str, dict[int, tuple[float, float]]] = {}
   for path in sorted(glob.glob(os.path.join(logdir, '**', 'events.out.tfevents.*'),
                                recursive=True)):
-    for event in tf.compat.v1.train.summary_iterator(path):
+    for event in _readable_events(tf, path):
       for value in event.summary.value:
         kind = value.WhichOneof('value')
         if kind == 'simple_value':
@@ -173,6 +176,20 @@ def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
         if seen is None or event.wall_time >= seen[0]:
           found[value.tag][event.step] = (event.wall_time, number)
   return {tag: sorted((s, v) for s, (_, v) in steps.items()) for tag, steps in found.items()}
+
+
+def _readable_events(tf, path: str):
+  """The events of one file up to its first unreadable record (warned about, not raised)."""
+  events = tf.compat.v1.train.summary_iterator(path)
+  while True:
+    try:
+      yield next(events)
+    except StopIteration:
+      return
+    except tf.errors.DataLossError as e:
+      logging.warning('TensorBoard file %s: stopped at a truncated or damaged record (%s); '
+                      'using the records before it', path, str(e).splitlines()[0])
+      return
 
 
 def _pyplot():

@@ -1,5 +1,6 @@
 """The original's optimiser: torch SGD (coupled decay, momentum) with the per-iteration poly LR."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -69,3 +70,24 @@ def test_total_steps_follow_the_original_loader():
   c.train.epochs = 200
   c.train.eval_every = 0
   assert train.eval_interval(c, 10) == 4          # every 2nd epoch beyond 50 epochs
+
+
+def test_poly_lr_is_finite_and_ends_at_exactly_zero_for_every_length():
+  """Every T in 1..5000 under jit, in one program: T enters as a compile-time constant as in
+  training (an array of them), where XLA's t * (1/T) used to leave 1 - t/T at -1.5e-8 at the
+  last step and the 0.9th power NaN (2,560 of these T: 3, 5, 10, 20, 250, 500, 1000, ...)."""
+  c = _config()
+  total = np.arange(1, 5001)
+  schedule = jax.jit(train.poly_lr(c, total))
+  last = np.asarray(schedule(total - 1))
+  assert np.all(last == 0.0), total[last != 0.0][:10]
+  for step in (np.zeros_like(total), total // 2, np.maximum(total - 2, 0), total, total + 7):
+    lr = np.asarray(schedule(step))
+    assert np.all(np.isfinite(lr)) and np.all(lr >= 0.0)
+    t = np.minimum(step + 1, total)
+    np.testing.assert_allclose(lr, 0.025 * (1 - t / total) ** 0.9, rtol=1e-5, atol=1e-12)
+  # One scalar T per program (as train.py compiles it) agrees with the array form.
+  for t in (3, 5, 10, 20, 250, 500, 1000, 2000):
+    per_t = jax.jit(train.poly_lr(c, t))
+    assert float(per_t(t - 1)) == 0.0 and float(per_t(t - 2)) > 0.0
+    assert float(per_t(t // 2)) == pytest.approx(float(schedule(total // 2)[t - 1]), rel=1e-6)

@@ -7,6 +7,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from configs import synth_1shot
@@ -17,6 +18,7 @@ from mmnet_jax.data import datasets
 from mmnet_jax.data import episodes
 from mmnet_jax.data import pipeline
 from mmnet_jax.models import mmnet
+from tests.test_determinism import compile_cache, load_state, shared_config  # noqa: F401
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,3 +108,29 @@ def test_mistyped_config_override_fails():
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
   assert 'num_stepz' in proc.stderr
+
+
+def test_a_short_run_ends_with_finite_parameters(tmp_path, compile_cache):
+  """3 steps, one of the lengths whose last learning rate was NaN: the final update wrote NaN
+  into every trained parameter and the checkpoint kept it."""
+  config = shared_config()
+  config.train.num_steps = 3
+  workdir = str(tmp_path / 'run')
+  assert train.train(config, workdir)['step'] == 3
+  state, meta = load_state(config, workdir)
+  assert int(state['step']) == 3 and meta['run_id']
+  bad = [jax.tree_util.keystr(k) for k, x in jax.tree_util.tree_leaves_with_path(state)
+         if not np.all(np.isfinite(x))]
+  assert not bad, bad[:5]
+
+
+def test_a_non_finite_update_is_refused_before_any_save(tmp_path, compile_cache):
+  """A learning rate of inf with finite loss and gradients: the guard sees the new parameters
+  (it used to check only loss and gradients, so step 1's inf parameters went unnoticed)."""
+  config = shared_config()
+  config.train.base_lr = 1e38   # x lr_multiplier 10: inf in float32
+  workdir = str(tmp_path / 'run')
+  with pytest.raises(FloatingPointError, match=r'non-finite update \(.*\) at step 1 .*'
+                     r'no checkpoint had been saved yet'):
+    train.train(config, workdir)
+  assert not [n for n in os.listdir(os.path.join(workdir, 'checkpoints')) if n.isdigit()]
