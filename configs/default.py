@@ -100,6 +100,7 @@ def get_config(arg=None):
   c.eval.episodes_file = ''       # a saved episode list to evaluate exactly (eval_episodes*.json)
   c.eval.batch_size = 1
   c.eval.max_label_size = 512
+  c.eval.resize = 'resize'        # 'resize' (PFENet Resize, resized_val: True) or 'test_resize'
   c.eval.pad_fill = 'black'       # eval canvas: 'black' (PFENet pastes before normalising) or 'mean'
   c.eval.select_on = 'test_fold'  # 'test_fold' (the original's choice) or 'last'
   c.eval.during_training_episodes = 1000

@@ -61,12 +61,27 @@ def predict_at_hw(logit_diff: np.ndarray, h: int, w: int) -> np.ndarray:
   return (rows @ logit_diff @ cols.T > 0).astype(np.uint8)
 
 
+def canvas_prediction(logit_diff: np.ndarray, side: int, crop: bool) -> np.ndarray:
+  """Foreground prediction on the side x side scoring square of 'original' scoring from a
+  (size, size) canvas logit difference.
+
+  PFENet's rule (`crop` False): the whole canvas is resized (align corners) to the square,
+  right for an image whose longer side was scaled to the canvas (Resize). `crop` True: the
+  image sits unscaled on the canvas (test_Resize of a small image), so the square is the
+  canvas's top-left corner, not a shrunken canvas.
+  """
+  if crop:
+    return (np.asarray(logit_diff)[:side, :side] > 0).astype(np.uint8)
+  return metrics.predict_at_size(logit_diff, side)
+
+
 def score_batch(totals: metrics.SegmentationTotals, batch: dict,
                 logit_diff: np.ndarray) -> metrics.SegmentationTotals:
   """Adds every valid episode of a host batch, scored at its label size.
 
-  The label is `eval_label[i, :S, :S]` (S = eval_label_size, PFENet's padded square) or, when
-  the batch has `eval_label_hw` (stretch scoring), `eval_label[i, :h, :w]`.
+  The label is `eval_label[i, :S, :S]` (S = eval_label_size, PFENet's padded square; the
+  prediction from `canvas_prediction` with `eval_label_crop`) or, when the batch has
+  `eval_label_hw` (stretch scoring), `eval_label[i, :h, :w]`.
   """
   for i in range(logit_diff.shape[0]):
     if not batch['valid'][i]:
@@ -78,7 +93,7 @@ def score_batch(totals: metrics.SegmentationTotals, batch: dict,
     else:
       size = int(batch['eval_label_size'][i])
       label = batch['eval_label'][i, :size, :size]
-      pred = metrics.predict_at_size(logit_diff[i], size)
+      pred = canvas_prediction(logit_diff[i], size, bool(batch['eval_label_crop'][i]))
     totals = totals.add(int(batch['class_id'][i]), *metrics.intersection_union(pred, label))
   return totals
 

@@ -1,10 +1,15 @@
 """Few-shot prediction on your own images: `python main.py --mode=predict ...`.
 
-Each image goes through the evaluation pad-resize (`augment.eval_resize`: the longer side to
-config.eval.size, pasted top-left on a square canvas), the model's logit difference is
-bilinearly upsampled (align corners) to a square of side max(h, w) and cropped to the query's
-(h, w): exactly how evaluation scores a query (`evaluate.score_batch`), so a prediction here
-equals the one evaluation would score for the same episode.
+Each image goes through the input transform of config.eval.protocol and is mapped back as
+evaluation scores a query (`evaluate.score_batch`), so a prediction here equals the one
+evaluation would score for the same episode:
+* 'pfenet', 'bam': the pad-resize (`augment.eval_resize`, PFENet's Resize: the longer side to
+  config.eval.size, pasted top-left on a square canvas); the logit difference is upsampled
+  (align corners) to a square of side max(h, w) and cropped to the query's (h, w)
+  (`evaluate.canvas_prediction`; with eval.resize='test_resize' a small query is cropped from
+  the canvas unscaled).
+* 'hsnet': image and masks stretched to the protocol's square (`evaluate.stretch_pair`); the
+  logit difference is upsampled (align corners) to (h, w).
 
 Masks are image files: nonzero pixels are the foreground, or, with `mask_class=N`, pixels equal
 to N (e.g. one class of a VOC palette PNG; 255 stays "ignore", which the model, like
@@ -22,7 +27,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from mmnet_jax import metrics
 from mmnet_jax.data import augment
 from mmnet_jax.data import image_io
 
@@ -93,21 +97,43 @@ def prepare_inputs(config: ml_collections.ConfigDict, support_images: Sequence[n
     raise ValueError(f'{len(support_images)} support images but {len(support_masks)} masks')
   if not support_images:
     raise ValueError('at least one support (image and mask) is needed')
-  size = int(config.eval.size)
-  fill = config.eval.get('pad_fill', 'black') or 'black'
+  transform = _input_transform(config)
   imgs, labels = [], []
   for k, (image, mask) in enumerate(zip(support_images, support_masks)):
     image, mask = np.asarray(image), np.asarray(mask, np.uint8)
     check_support(image, mask, f'support {k}')
-    img, lbl, _ = augment.eval_resize(image, mask, size, fill)
+    img, lbl = transform(image, mask)
     imgs.append(img)
     labels.append(lbl)
   query_image = np.asarray(query_image)
-  dummy = np.zeros(query_image.shape[:2], np.uint8)
-  query_img, _, _ = augment.eval_resize(query_image, dummy, size, fill)
+  query_img, _ = transform(query_image, np.zeros(query_image.shape[:2], np.uint8))
   return {'query_img': query_img[None],                              # (1, H, W, 3)
           'support_imgs': np.stack(imgs)[None],                      # (1, K, H, W, 3)
           'support_labels': np.stack(labels).astype(np.int32)[None]}  # (1, K, H, W)
+
+
+def _input_transform(config: ml_collections.ConfigDict):
+  """(image, mask) -> (model image, model label) of config.eval.protocol's input transform."""
+  from mmnet_jax import evaluate
+  from mmnet_jax import protocols
+  resolved = protocols.resolve(config)
+  if resolved.scoring != 'original':
+    return lambda image, mask: evaluate.stretch_pair(image, mask, resolved.input_size)
+  size, fill = resolved.input_size, resolved.pad_fill or 'black'
+  return lambda image, mask: augment.eval_resize(image, mask, size, fill, resolved.resize)[:2]
+
+
+def query_prediction(config: ml_collections.ConfigDict, logit_diff: np.ndarray, h: int,
+                     w: int) -> np.ndarray:
+  """The uint8 (h, w) foreground mask of a query from the model's logit difference, mapped back
+  as config.eval.protocol's scoring maps it (module docstring)."""
+  from mmnet_jax import evaluate
+  from mmnet_jax import protocols
+  resolved = protocols.resolve(config)
+  if resolved.scoring != 'original':
+    return evaluate.predict_at_hw(logit_diff, h, w)
+  crop = augment.eval_scored_by_crop(h, w, resolved.input_size, resolved.resize)
+  return evaluate.canvas_prediction(logit_diff, max(h, w), crop)[:h, :w]
 
 
 _STEPS = {}
@@ -145,7 +171,7 @@ def predict(config: ml_collections.ConfigDict, variables: dict,
   batch = prepare_inputs(config, support_images, support_masks, query_image)
   diff = np.asarray(jax.device_get(_eval_step(config, model)(variables, batch)))[0]  # (H, W)
   h, w = np.asarray(query_image).shape[:2]
-  return metrics.predict_at_size(diff, max(h, w))[:h, :w]
+  return query_prediction(config, diff, h, w)
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str):

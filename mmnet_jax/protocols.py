@@ -42,6 +42,10 @@ Config fields read (all under `config.eval`):
   hsnet_original_size   optional; HSNet scoring at the original label size.
   episodes_file         optional; a saved episode list: evaluates exactly those episodes.
   size, pad_fill        the pad-resize canvas of 'original' scoring (pipeline.py).
+  resize                'resize' (default: PFENet's Resize, which `resized_val: True` selects in
+                        PFENet's and MM-Net's configs) or 'test_resize' (PFENet's test_Resize:
+                        images not larger than the canvas keep their size; the canvas logits
+                        are then cropped, not resized, for scoring).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
+from mmnet_jax.data import augment
 from mmnet_jax.data import episodes as episodes_lib
 
 # BAM test.py: setup_seed(123); np.random.randint(0, 1000, 5) with numpy's legacy generator.
@@ -113,6 +118,7 @@ class Resolved:
   input_size: int            # the model's input side
   episodes_file: str         # '' unless a saved list is evaluated
   pad_fill: str
+  resize: str                # 'original' scoring's pad-resize: 'resize' | 'test_resize'
   min_class_pixels: int
 
   def as_dict(self) -> dict:
@@ -158,10 +164,15 @@ def resolve(config) -> Resolved:
   elif _get(ev, 'hsnet_original_size', False):
     raise ValueError(f'config.eval.hsnet_original_size=True needs eval.protocol="hsnet", '
                      f'got {name!r}')
+  resize = str(_get(ev, 'resize', '') or 'resize')
+  if resize not in augment.EVAL_RESIZES:
+    raise ValueError(f'config.eval.resize={resize!r}; expected one of '
+                     f'{list(augment.EVAL_RESIZES)}')
   episodes_file = str(_get(ev, 'episodes_file', '') or '')
   if episodes_file:
     seeds = seeds[:1]   # one saved list is one run
   return Resolved(protocol=name, dataset=dataset, num_episodes=num_episodes, seeds=seeds,
                   sampling=sampling, scoring=scoring, input_size=input_size,
                   episodes_file=episodes_file, pad_fill=str(_get(ev, 'pad_fill', 'black')),
+                  resize=resize if scoring == 'original' else 'stretch',
                   min_class_pixels=int(config.dataset.min_class_pixels))

@@ -5,6 +5,7 @@ to be repeatable here, not good)."""
 import json
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -14,6 +15,7 @@ from mmnet_jax import metrics
 from mmnet_jax import sharding
 from mmnet_jax import train
 from mmnet_jax.data import datasets
+from mmnet_jax.data import pipeline
 from mmnet_jax.data import episodes as ep
 from mmnet_jax.models import mmnet
 from tests.data.test_episodes import make_split
@@ -145,3 +147,47 @@ def test_stretch_batch_and_perfect_prediction_scores_100(original):
     assert totals.episodes == 3
     summary = metrics.summarize(totals, [3])
     assert summary['miou'] == pytest.approx(100.0) and summary['fb_iou'] == pytest.approx(100.0)
+
+
+def _object_label(h, w):
+  """An ellipse of class 1 inside a 255 ring, plus a small square of class 1, on background."""
+  y, x = np.mgrid[:h, :w]
+  r = ((y - 0.45 * h) / (0.3 * h)) ** 2 + ((x - 0.5 * w) / (0.32 * w)) ** 2
+  label = np.where(r <= 1.0, 1, 0).astype(np.uint8)
+  label[(r > 1.0) & (r <= 1.1)] = 255
+  label[int(0.8 * h):int(0.92 * h), int(0.08 * w):int(0.2 * w)] = 1
+  return label
+
+
+def _oracle_counts(canvas, mode, shapes):
+  """Per-shape foreground (intersection, union) of oracle logits (+1 on the model-input
+  label's foreground, -1 elsewhere) scored by the 'original' path (eval_batch + score_batch)."""
+  samples = [(np.zeros(hw + (3,), np.uint8), _object_label(*hw)) for hw in shapes]
+  split = make_split(samples, num_classes=1, split='val')
+  c = ml_collections.ConfigDict({'eval': {'size': canvas, 'max_label_size': 1000,
+                                          'pad_fill': 'black', 'resize': mode}})
+  scores = []
+  for i in range(len(shapes)):
+    batch = pipeline.eval_batch(split, [ep.Episode(i, 1, (i,))], c, [0])
+    diff = np.where(batch['query_label'] == 1, 1.0, -1.0)
+    totals = evaluate.score_batch(metrics.SegmentationTotals(), batch, diff)
+    scores.append((totals.class_inter[1], totals.class_union[1]))
+  return np.asarray(scores)
+
+
+@pytest.mark.parametrize('mode', ['resize', 'test_resize'])
+@pytest.mark.parametrize('canvas', [473, 641])
+def test_oracle_logits_score_at_least_97_at_every_image_size(canvas, mode):
+  """Longer sides 100..1000 px (landscape, portrait, square) on both canvases: a perfect
+  prediction on the model input stays >= 97 IoU once mapped back to the original label. The
+  old scoring (small images unscaled, then the whole canvas shrunk to the label) gave 52.5 at
+  400 px and 22.2 at 320 px on 473, 83.2 at 612 px and 38.8 at 500 px on 641."""
+  sides = sorted(set(range(100, 1001, 75)) | {320, 400, 500, 612})
+  shapes = [s for L in sides for s in ((int(0.75 * L), L), (L, int(0.75 * L)), (L, L))]
+  counts = _oracle_counts(canvas, mode, shapes).reshape(len(sides), 3, 2)
+  per_side = 100.0 * counts[:, :, 0].sum(1) / counts[:, :, 1].sum(1)   # mIoU of each side
+  worst = int(np.argmin(per_side))
+  assert per_side.min() >= 97.0, (sides[worst], per_side[worst])
+  # Each image alone too (PFENet's floor to 8 of the short side misplaces up to 7 rows).
+  per_image = 100.0 * counts[..., 0] / counts[..., 1]
+  assert per_image.min() >= 96.0, per_image.min()

@@ -211,3 +211,48 @@ def test_overlay_tints_foreground_only():
   assert (out[0, 0] == 100).all()                  # background untouched
   assert (out[1, 1] == 255).all()                  # outline
   assert out[2, 2, 0] > 100 and out[2, 2, 1] < 100  # interior tinted red
+
+
+@pytest.mark.parametrize('fields', [
+    {'resize': 'test_resize'},
+    {'protocol': 'hsnet', 'stretch_size': 65},
+    {'protocol': 'hsnet', 'stretch_size': 65, 'hsnet_original_size': True}])
+def test_predict_follows_the_protocols_transform_and_scoring(config, workdir, voc, fields):
+  """A 50x60 query (smaller than the 65 canvas): predict's model input and its mapping back
+  to (h, w) are evaluation's under test_Resize (the canvas cropped, not shrunk) and under
+  HSNet's stretch (upsampled to (h, w)); predict used to pad-resize and shrink always."""
+  c = config.copy_and_resolve_references()
+  c.eval.max_label_size = 512
+  for key, value in fields.items():
+    c.eval[key] = value
+  assert c.eval.size == 65
+  query_rgb = voc['rgb'][200:250, 100:160]
+  query_label = voc['class_label'][200:250, 100:160].astype(np.uint8)
+  images = [(voc['rgb'], voc['class_label'].astype(np.uint8)), (query_rgb, query_label)]
+  split = datasets.FewShotSplit(
+      name='voc_photo', split='val', num_classes=20, image_ids=('full', 'crop'),
+      class_areas=({PERSON: 1}, {PERSON: 1}), load=lambda i: images[i])
+  episode = episodes.Episode(query_index=1, class_id=PERSON, support_indices=(0,))
+  if 'protocol' in fields:
+    batch = evaluate.stretch_eval_batch(split, [episode], 65, 512,
+                                        fields.get('hsnet_original_size', False), [0])
+  else:
+    batch = pipeline.eval_batch(split, [episode], c, [0])
+    assert bool(batch['eval_label_crop'][0])
+  support_mask = episodes.binarise(voc['class_label'], PERSON)
+  inputs = predict.prepare_inputs(c, [voc['rgb']], [support_mask], query_rgb)
+  np.testing.assert_array_equal(inputs['query_img'], batch['query_img'])
+  np.testing.assert_array_equal(inputs['support_imgs'], batch['support_imgs'])
+  # The mapping back, on logits with structure everywhere (a trained model's are mostly < 0).
+  diff = np.random.default_rng(0).standard_normal((65, 65))
+  h, w = query_rgb.shape[:2]
+  if 'protocol' in fields:
+    want = evaluate.predict_at_hw(diff, h, w)
+  else:
+    want = diff[:h, :w] > 0   # unscaled on the canvas: its top-left corner
+  np.testing.assert_array_equal(predict.query_prediction(c, diff, h, w), want)
+  variables, model, _, _ = predict.restore(config, workdir)
+  model_diff = np.asarray(jax.jit(evaluate.make_eval_step(model))(
+      variables, {k: batch[k] for k in ('query_img', 'support_imgs', 'support_labels')}))[0]
+  got = predict.predict(c, variables, [voc['rgb']], [support_mask], query_rgb, model=model)
+  np.testing.assert_array_equal(got, predict.query_prediction(c, model_diff, h, w))

@@ -18,11 +18,14 @@ Against OpenCV 5.0 on float32 images (0-255): resize max |diff| 5e-5, rotation m
 fixed-point coordinates), blur exact; nearest labels equal except ~2e-5 of rotated pixels
 (.5 rounding ties). The ops run in PFENet's order, one interpolation each, as the original.
 
-Eval (`eval_resize`) is PFENet's test_Resize: if max(h, w) > size the longer side becomes size,
-the other int(side * size / longer), then both are floored to a multiple of 8 (so 473 -> 472);
-smaller images keep their size. The image is pasted top-left on a black (0) canvas BEFORE
-normalisation, as PFENet (the canvas becomes -mean/std); `fill='mean'` pastes on the mean
-colour instead (0 after normalisation). The label is resized nearest and padded with 255.
+Eval (`eval_resize`) is PFENet's Resize, which `resized_val: True` selects in PFENet's and
+MM-Net's configs: the longer side always becomes size (up or down), the other
+int(side * size / longer), then both are floored to a multiple of 8 (so 473 -> 472). The image
+is pasted top-left on a black (0) canvas BEFORE normalisation, as PFENet (the canvas becomes
+-mean/std); `fill='mean'` pastes on the mean colour instead (0 after normalisation). The label
+is resized nearest and padded with 255. `mode='test_resize'` is PFENet's test_Resize (an
+option): images whose longer side is at most size keep their size. `eval_scored_by_crop` says
+how the canvas logits then map back to the original label (evaluate.canvas_prediction).
 """
 
 from __future__ import annotations
@@ -228,9 +231,19 @@ def train_transform(image: np.ndarray, label: np.ndarray, rng: np.random.Generat
   return normalise(image).astype(np.float32), np.ascontiguousarray(label)
 
 
-def eval_size(h: int, w: int, size: int) -> tuple[int, int]:
-  """PFENet test_Resize's find_new_hw: the resized (h, w) before the top-left paste."""
-  if max(h, w) <= size:
+EVAL_RESIZES = ('resize', 'test_resize')   # PFENet transform.Resize, transform.test_Resize
+
+
+def _check_mode(mode: str) -> None:
+  if mode not in EVAL_RESIZES:
+    raise ValueError(f'config.eval.resize={mode!r}; expected one of {list(EVAL_RESIZES)}')
+
+
+def eval_size(h: int, w: int, size: int, mode: str = 'resize') -> tuple[int, int]:
+  """PFENet Resize's (or, with mode='test_resize', test_Resize's) find_new_hw: the resized
+  (h, w) before the top-left paste."""
+  _check_mode(mode)
+  if mode == 'test_resize' and max(h, w) <= size:
     return h, w
   if h >= w:
     new_h, new_w = size, int(w * (size / h))
@@ -239,8 +252,18 @@ def eval_size(h: int, w: int, size: int) -> tuple[int, int]:
   return new_h // 8 * 8, new_w // 8 * 8
 
 
-def eval_resize(image: np.ndarray, label: np.ndarray, size: int, fill: str = 'black'):
-  """PFENet test_Resize of one (image, binarised label) pair, plus the scoring label.
+def eval_scored_by_crop(h: int, w: int, size: int, mode: str = 'resize') -> bool:
+  """True when an h x w image sits unscaled on the canvas (test_Resize, longer side <= size):
+  the canvas logits are then cropped to the original label, not resized (PFENet's rule, the
+  canvas resized to the longer side, would score a shrunken prediction)."""
+  _check_mode(mode)
+  return mode == 'test_resize' and max(h, w) <= size
+
+
+def eval_resize(image: np.ndarray, label: np.ndarray, size: int, fill: str = 'black',
+                mode: str = 'resize'):
+  """PFENet Resize (mode='test_resize': test_Resize) of one (image, binarised label) pair,
+  plus the scoring label.
 
   Returns:
     image: float32 (size, size, 3) normalised; the canvas outside the pasted image is black
@@ -254,7 +277,7 @@ def eval_resize(image: np.ndarray, label: np.ndarray, size: int, fill: str = 'bl
   label = np.asarray(label, np.uint8)
   _check_pair(image, label)
   h, w = label.shape
-  new_h, new_w = eval_size(h, w, size)
+  new_h, new_w = eval_size(h, w, size, mode)
   if min(new_h, new_w) < 1:
     raise ValueError(f'image {h}x{w} is too elongated to resize to {size}')
   canvas = np.zeros((size, size, 3), np.float32) if fill == 'black' else np.tile(

@@ -29,7 +29,8 @@ Config fields read:
   train.scale_min, train.scale_max   RandScale range.
   train.rotate_deg           RandRotate range +-deg.
   train.num_steps            > 0: the stream ends there; 0: endless (the caller stops it).
-  eval.size                  eval canvas side (PFENet test_Resize).
+  eval.size                  eval canvas side (PFENet Resize).
+  eval.resize                optional, 'resize' (default, PFENet Resize) or 'test_resize'.
   eval.batch_size            global eval batch (the last one is padded with valid=False).
   eval.max_label_size        S_max of `eval_label`; an original label larger than this raises.
   eval.pad_fill              optional, 'black' (default, PFENet) or 'mean': eval canvas colour.
@@ -224,6 +225,7 @@ def empty_batch(b: int, k: int, size: int, eval_label_side: int | None = None,
     out['eval_label'] = np.full((b, eval_label_side, eval_label_side), augment.IGNORE_LABEL,
                                 np.uint8)
     out['eval_label_size'] = np.empty((b,), np.int32)
+    out['eval_label_crop'] = np.zeros((b,), bool)   # evaluate.canvas_prediction
     out['valid'] = np.empty((b,), bool)
   if with_label_hw:
     out['eval_label_hw'] = np.empty((b, 2), np.int32)
@@ -240,6 +242,7 @@ def eval_batch(split, episode_list: Sequence[episodes_lib.Episode], config,
     raise ValueError('eval_batch: the episode list is empty')
   size, s_max = int(config.eval.size), int(config.eval.max_label_size)
   fill = getattr(config.eval, 'pad_fill', None) or 'black'
+  mode = getattr(config.eval, 'resize', None) or 'resize'
   k = len(episode_list[0].support_indices)
   out = empty_batch(len(positions), k, size, eval_label_side=s_max)
   for i, pos in enumerate(positions):
@@ -248,7 +251,7 @@ def eval_batch(split, episode_list: Sequence[episodes_lib.Episode], config,
     if len(ep.support_indices) != k:
       raise ValueError(f'episode {pos} has {len(ep.support_indices)} supports, episode 0 has {k}')
     image, label = _load_binarised(split, ep.query_index, ep.class_id)
-    img, lbl, original = augment.eval_resize(image, label, size, fill)
+    img, lbl, original = augment.eval_resize(image, label, size, fill, mode)
     side = original.shape[0]
     if side > s_max:
       raise ValueError(f'query {split.image_ids[ep.query_index]!r} of {split.name}/{split.split} '
@@ -257,10 +260,11 @@ def eval_batch(split, episode_list: Sequence[episodes_lib.Episode], config,
     out['query_img'][i], out['query_label'][i] = img, lbl
     out['eval_label'][i, :side, :side] = original
     out['eval_label_size'][i] = side
+    out['eval_label_crop'][i] = augment.eval_scored_by_crop(*label.shape, size, mode)
     for j, s in enumerate(ep.support_indices):
       image, label = _load_binarised(split, s, ep.class_id)
       out['support_imgs'][i, j], out['support_labels'][i, j], _ = augment.eval_resize(
-          image, label, size, fill)
+          image, label, size, fill, mode)
     out['class_id'][i] = ep.class_id
     out['query_index'][i] = ep.query_index
     out['support_index'][i] = ep.support_indices

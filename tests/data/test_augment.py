@@ -167,8 +167,13 @@ def test_eval_resize_hand_made_100x60():
   label[0, :] = 255
   # Longer side 100 > 50: h -> 50, w -> int(60 * 0.5) = 30, both floored to 8: 48 x 24.
   assert aug.eval_size(100, 60, 50) == (48, 24)
-  assert aug.eval_size(60, 100, 473) == (60, 100)  # not larger than size: kept, not floored
+  # Resize scales a smaller image up too: w -> 473, h -> int(60 * 4.73) = 283, floored: 280 x 472.
+  assert aug.eval_size(60, 100, 473) == (280, 472)
+  assert aug.eval_size(60, 100, 473, 'test_resize') == (60, 100)  # test_Resize: kept, not floored
   assert aug.eval_size(375, 500, 473) == (352, 472)  # 473 -> 472, int(354.7)=354 -> 352
+  assert aug.eval_size(375, 500, 473, 'test_resize') == (352, 472)
+  with pytest.raises(ValueError, match=r"config.eval.resize='pfenet'; expected one of"):
+    aug.eval_size(375, 500, 473, 'pfenet')
   img, lbl, original = aug.eval_resize(image, label, 50)
   assert img.shape == (50, 50, 3) and lbl.shape == (50, 50) and original.shape == (100, 100)
   black = -MEAN / STD  # PFENet pastes on zeros before normalising
@@ -180,8 +185,8 @@ def test_eval_resize_hand_made_100x60():
   np.testing.assert_array_equal(lbl[:48, :24], aug.resize_nearest(label, 48, 24))
   np.testing.assert_array_equal(original[:, :60], label)
   assert (original[:, 60:] == 255).all()
-  # At size 473 the image is pasted unchanged; fill='mean' makes the canvas 0.
-  img, lbl, _ = aug.eval_resize(image, label, 473, fill='mean')
+  # test_Resize at size 473 pastes it unchanged; fill='mean' makes the canvas 0.
+  img, lbl, _ = aug.eval_resize(image, label, 473, fill='mean', mode='test_resize')
   np.testing.assert_allclose(img[:100, :60], (image - MEAN) / STD, rtol=1e-5)
   np.testing.assert_array_equal(img[100:], 0)
   np.testing.assert_array_equal(lbl[:100, :60], label)
@@ -211,3 +216,59 @@ def test_rgba_drops_alpha_and_grayscale_is_repeated():
   np.testing.assert_array_equal(aug.to_rgb(rgb[:, :, 0])[:, :, 2], rgb[:, :, 0])
   with pytest.raises(ValueError, match=r'got shape \(5, 6, 2\)'):
     aug.to_rgb(rgb[:, :, :2])
+
+
+def _pfenet_resize_restated(image, label, size):
+  """PFENet util/transform.py `Resize` restated from its rule, independently of augment.py:
+  cv2.resize INTER_LINEAR (float image) / INTER_NEAREST per output pixel in float64, pasted
+  top-left on zeros (image, then normalised as ToTensor + Normalize) and 255 (label)."""
+  h, w = label.shape
+  if h >= w:
+    nh, nw = size, int(w * (size * 1.0 / h))
+  else:
+    nh, nw = int(h * (size * 1.0 / w)), size
+  nh, nw = (nh if nh % 8 == 0 else int(nh / 8) * 8), (nw if nw % 8 == 0 else int(nw / 8) * 8)
+  src = image.astype(np.float64)
+  out = np.zeros((size, size, 3))
+  lab = np.full((size, size), 255.0)
+  for y in range(nh):
+    fy = (y + 0.5) * (h / nh) - 0.5
+    y0 = int(np.floor(fy))
+    dy = fy - y0
+    if y0 < 0:
+      y0, dy = 0, 0.0
+    if y0 >= h - 1:
+      y0, dy = h - 1, 0.0
+    y1 = min(y0 + 1, h - 1)
+    fx = (np.arange(nw) + 0.5) * (w / nw) - 0.5
+    x0 = np.floor(fx).astype(int)
+    dx = fx - x0
+    dx[x0 < 0], x0[x0 < 0] = 0.0, 0
+    high = x0 >= w - 1
+    dx[high], x0[high] = 0.0, w - 1
+    x1 = np.minimum(x0 + 1, w - 1)
+    top = src[y0, x0] * (1 - dx)[:, None] + src[y0, x1] * dx[:, None]
+    bottom = src[y1, x0] * (1 - dx)[:, None] + src[y1, x1] * dx[:, None]
+    out[y] = 0.0
+    out[y, :nw] = top * (1 - dy) + bottom * dy
+    sy = min(int(np.floor(y * (h / nh))), h - 1)
+    sx = np.minimum(np.floor(np.arange(nw) * (w / nw)).astype(int), w - 1)
+    lab[y, :nw] = label[sy, sx]
+  return (out - MEAN) / STD, lab
+
+
+@pytest.mark.parametrize('size', [473, 641])
+@pytest.mark.parametrize('hw', [(100, 60), (60, 100), (320, 427), (400, 300), (375, 500),
+                                (473, 473), (472, 311), (612, 459), (500, 641), (641, 200),
+                                (1000, 750), (17, 9)])
+def test_eval_resize_equals_pfenet_resize_restated(hw, size):
+  """Every size, up- and down-scaled: image within 1e-5 (normalised), label identical."""
+  rng = np.random.default_rng(hw[0] * 7 + hw[1])
+  image = rng.integers(0, 256, hw + (3,)).astype(np.uint8)
+  label = rng.integers(0, 2, hw).astype(np.uint8)
+  label[rng.random(hw) < 0.05] = 255
+  img, lbl, _ = aug.eval_resize(image, label, size)
+  want_img, want_lbl = _pfenet_resize_restated(image, label, size)
+  np.testing.assert_allclose(img, want_img, rtol=0, atol=1e-5)
+  np.testing.assert_array_equal(lbl, want_lbl.astype(np.uint8))
+  assert not aug.eval_scored_by_crop(*hw, size)   # Resize: the canvas is resized for scoring

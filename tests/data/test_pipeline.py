@@ -15,7 +15,7 @@ from tests.data.test_episodes import make_split
 
 TRAIN_KEYS = {'query_img', 'query_label', 'support_imgs', 'support_labels', 'class_id',
               'query_index', 'support_index'}
-EVAL_KEYS = TRAIN_KEYS | {'eval_label', 'eval_label_size', 'valid'}
+EVAL_KEYS = TRAIN_KEYS | {'eval_label', 'eval_label_size', 'eval_label_crop', 'valid'}
 
 
 def toy_split(n=24, seed=0):
