@@ -22,7 +22,11 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str | None,
   `predict_args` (mode 'predict'): {'supports': ['IMG:MASK', ...], 'query': path,
   'output': path, 'mask_class': int or None}.
   """
+  from mmnet_jax import config_checks
   from mmnet_jax import train   # lazily: importing the training stack pulls in TensorFlow
+  if mode not in MODES:
+    raise ValueError(f'unknown --mode={mode!r}; expected one of {MODES}')
+  config_checks.check_config(config)   # every mode: one error before any work starts
   if mode == 'summary':
     from mmnet_jax.models import mmnet, summary
     variables = jax.eval_shape(lambda: train.init_variables(mmnet.build_model(config.model),

@@ -102,8 +102,12 @@ class _Checker:
 
 def problems(config, reference=None, num_devices: int | None = None) -> list[str]:
   """The list of problems `check_config` would report (empty when the config is valid)."""
+  from mmnet_jax import protocols
+  from mmnet_jax.data import augment
   from mmnet_jax.data import datasets
+  from mmnet_jax.data import episodes
   from mmnet_jax.models import backbone
+  from mmnet_jax.models import mmnet
 
   c = _Checker(config)
   ref = default_reference() if reference is None else reference
@@ -138,6 +142,8 @@ def problems(config, reference=None, num_devices: int | None = None) -> list[str
   c.num_in('model.head_dropout', 0, 1, high_open=True)
   c.check('model.ppm_scales', lambda v: len(v) >= 1 and all(_is_num(s) and s > 0 for s in v),
           'a non-empty list of positive scales')
+  c.one_of('model.dtype', tuple(mmnet.DTYPES))
+  c.int_at_least('model.attention_chunk', 0)   # 0: all query pixels at once
 
   size_ok = lambda v: _is_int(v) and v >= 9 and (v - 1) % 8 == 0   # noqa: E731
   c.check('train.crop_size', size_ok, f'8k + 1 with k >= 1 ({SIZE_HINT})')
@@ -168,13 +174,42 @@ def problems(config, reference=None, num_devices: int | None = None) -> list[str
   c.int_at_least('train.checkpoint_every', 1)
   c.int_at_least('train.eval_every', 0)
 
+  before_eval = len(c.problems)
+  c.one_of('eval.protocol', tuple(protocols.PROTOCOLS))
+  c.one_of('eval.resize', augment.EVAL_RESIZES)
+  c.check('eval.sampling', lambda v: v == '' or v in episodes.SAMPLERS,
+          f"'' (the protocol's) or one of {sorted(episodes.SAMPLERS)}")
+  c.check('eval.seeds', lambda v: all(_is_int(s) and s >= 0 for s in v),
+          'a tuple of ints >= 0 (empty: the protocol\'s seeds)')
+  c.check('eval.stretch_size', lambda v: _is_int(v) and (v == 0 or size_ok(v)),
+          f"0 (the protocol's) or 8k + 1 with k >= 1 ({SIZE_HINT}, 401)")
+  c.one_of('eval.hsnet_original_size', (False, True))
+  c.int_at_least('eval.pictures', 0)
+  c.one_of('eval.baselines', (False, True))
   c.int_at_least('eval.num_episodes', 0)   # 0: the protocol's count
   c.int_at_least('eval.during_training_episodes', 0)
   c.int_at_least('eval.max_label_size', 1)
   c.int_at_least('eval.seed', 0)
   c.one_of('eval.pad_fill', ('black', 'mean'))
   c.one_of('eval.select_on', ('test_fold', 'last'))
+  if len(c.problems) == before_eval and 'eval.protocol' in c.flat:
+    _check_protocol(c, config)
   return c.problems
+
+
+def _check_protocol(c: _Checker, config) -> None:
+  """The combinations only the resolved protocol shows: its input size (the model needs
+  8k + 1), options of another protocol, the legacy seed."""
+  from mmnet_jax import protocols
+  try:
+    resolved = protocols.resolve(config)
+  except (ValueError, KeyError, AttributeError) as e:
+    c.problems.append(str(e).replace('config.', '', 1))
+    return
+  if resolved.scoring != 'original' and (resolved.input_size - 1) % 8:
+    c.problems.append(f'eval.stretch_size: the {resolved.protocol!r} protocol stretches to '
+                      f'{resolved.input_size}, expected 8k + 1 (the model\'s input rule; '
+                      f'{SIZE_HINT}, 401)')
 
 
 def check_config(config, reference=None, num_devices: int | None = None) -> None:

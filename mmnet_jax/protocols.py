@@ -14,10 +14,11 @@ has the long version, with the sources):
   the fold that the image holds with >= 2048 px, cycling; supports drawn per episode.
   COCO ('class_balanced'): each episode draws the class uniformly from the fold's 20, then the
   query uniformly from that class's list, then the supports.
-  Scoring ('stretch'): image and label are stretched (aspect ratio not kept) to 400x400, the
-  label by nearest neighbour, and scored at 400x400. `eval.hsnet_original_size=True` (HSNet's
-  `--use_original_imgsize`) keeps the 400x400 input but upsamples the logits (align corners)
-  to the original (h, w) label and scores there.
+  Scoring ('stretch'): image and label are stretched (aspect ratio not kept) to 401x401 (HSNet:
+  400x400, which this model cannot take: inputs are 8k + 1), the label by nearest neighbour,
+  and scored there. `eval.hsnet_original_size=True` (HSNet's `--use_original_imgsize`) keeps
+  the stretched input but upsamples the logits (align corners) to the original (h, w) label
+  and scores there.
 * 'bam' (BAM, MSANet): 1,000 episodes x 5 seeds, PFENet's sampling and original-size scoring
   for each seed; mean and standard deviation over the seeds are reported with the per-seed
   values. The seeds are BAM's own: legacy `np.random.seed(123); np.random.randint(0, 1000, 5)`
@@ -38,7 +39,7 @@ Config fields read (all under `config.eval`):
   seed                  legacy single seed: must stay 321 (its default) unless it equals the
                         one seed of `seeds`; set `seeds` instead.
   sampling              optional; '' -> the protocol's rule for the dataset.
-  stretch_size          optional; 0 -> the protocol's (HSNet: 400).
+  stretch_size          optional; 0 -> the protocol's (HSNet: 401); must be 8k + 1.
   hsnet_original_size   optional; HSNet scoring at the original label size.
   episodes_file         optional; a saved episode list: evaluates exactly those episodes.
   size, pad_fill        the pad-resize canvas of 'original' scoring (pipeline.py).
@@ -60,6 +61,9 @@ from mmnet_jax.data import episodes as episodes_lib
 BAM_SEEDS = (510, 365, 382, 322, 988)
 LEGACY_SEED_DEFAULT = 321   # configs/default.py eval.seed
 SCORINGS = ('original', 'stretch', 'stretch_original')
+# HSNet stretches to 400x400; this model's inputs must be 8k + 1 (stride-8 features with
+# align-corners resizes), so the nearest such side, 401 (0.25% larger), is the protocol's.
+HSNET_STRETCH = 401
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +101,7 @@ PROTOCOLS = {
     'hsnet': Protocol(
         name='hsnet', episodes={'default': 1000}, seeds=(0,),
         sampling={'coco': 'class_balanced', 'default': 'pair_order'}, scoring='stretch',
-        stretch_size=400, source='HSNet test.py, data/pascal.py, data/coco.py'),
+        stretch_size=HSNET_STRETCH, source='HSNet test.py, data/pascal.py, data/coco.py'),
     'bam': Protocol(
         name='bam', episodes={'default': 1000}, seeds=BAM_SEEDS,
         sampling={'default': 'query_order'}, scoring='original', stretch_size=0,

@@ -28,7 +28,7 @@ def test_protocol_table_defaults():
   assert protocols.resolve(config_for('pfenet', 'coco')).num_episodes == 20000
   hs = protocols.resolve(config_for('hsnet'))
   assert (hs.num_episodes, hs.seeds, hs.sampling, hs.scoring, hs.input_size) == (
-      1000, (0,), 'pair_order', 'stretch', 400)
+      1000, (0,), 'pair_order', 'stretch', 401)
   hs_coco = protocols.resolve(config_for('hsnet', 'coco'))
   assert (hs_coco.num_episodes, hs_coco.sampling) == (1000, 'class_balanced')
   bam = protocols.resolve(config_for('bam', 'coco'))
