@@ -15,6 +15,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mmnet_jax.data import build_lock
 from mmnet_jax.data import datasets
 from mmnet_jax.data import synthetic
 
@@ -86,9 +87,12 @@ def make_builder(gen, data_dir):
 def build(gen, data_dir):
   """Builds the dataset (no-op if present); offline and deterministic. Returns the builder."""
   builder = make_builder(gen, data_dir)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))
-  return builder
+  if build_lock.prepare_once(builder, lambda: builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+          try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))):
+    return builder
+  # Prepared before, or by another process while this one waited: read its info from disk.
+  return make_builder(gen, data_dir)
 
 
 def open_split(gen, split, data_dir):
