@@ -102,6 +102,7 @@ class _Checker:
 
 def problems(config, reference=None, num_devices: int | None = None) -> list[str]:
   """The list of problems `check_config` would report (empty when the config is valid)."""
+  from mmnet_jax import metrics
   from mmnet_jax import protocols
   from mmnet_jax.data import augment
   from mmnet_jax.data import datasets
@@ -184,6 +185,10 @@ def problems(config, reference=None, num_devices: int | None = None) -> list[str
   c.check('eval.stretch_size', lambda v: _is_int(v) and (v == 0 or size_ok(v)),
           f"0 (the protocol's) or 8k + 1 with k >= 1 ({SIZE_HINT}, 401)")
   c.one_of('eval.hsnet_original_size', (False, True))
+  c.check('eval.void_label', lambda v: v == '' or v in protocols.VOID_LABELS,
+          f"'' (the protocol's) or one of {list(protocols.VOID_LABELS)}")
+  c.check('eval.empty_classes', lambda v: v == '' or v in metrics.EMPTY_CLASS_RULES,
+          f"'' (the protocol's) or one of {list(metrics.EMPTY_CLASS_RULES)}")
   c.int_at_least('eval.pictures', 0)
   c.one_of('eval.baselines', (False, True))
   c.int_at_least('eval.num_episodes', 0)   # 0: the protocol's count

@@ -111,13 +111,18 @@ def stretch_pair(image: np.ndarray, label: np.ndarray, size: int):
 
 
 def stretch_eval_batch(split, episode_list, size: int, label_side: int, original: bool,
-                       positions) -> dict:
+                       positions, void_label: str = 'ignore') -> dict:
   """The eval batch of `positions` under HSNet's stretch scoring (pure; numpy arrays).
 
   Keys as `pipeline.eval_batch`, plus `eval_label_hw` (B, 2): the scored label is
   `eval_label[i, :h, :w]`, the stretched label (h = w = size) or, with `original`, the
   binarised original label. Positions past the end repeat the last episode with valid=False.
+  void_label='background' scores the query's 255 pixels as background, as HSNet's COCO reader
+  does (it sets every pixel that is not the class to 0); supports are unchanged, since the
+  model reads only their foreground.
   """
+  if void_label not in protocols.VOID_LABELS:
+    raise ValueError(f'void_label={void_label!r}; expected one of {list(protocols.VOID_LABELS)}')
   if not episode_list:
     raise ValueError('stretch_eval_batch: the episode list is empty')
   k = len(episode_list[0].support_indices)
@@ -130,6 +135,8 @@ def stretch_eval_batch(split, episode_list, size: int, label_side: int, original
       raise ValueError(f'episode {pos} has {len(ep.support_indices)} supports, episode 0 has {k}')
     image, label = pipeline.load_sample(split, ep.query_index)
     label = episodes_lib.binarise(label, ep.class_id)
+    if void_label == 'background':
+      label = np.where(label == augment.IGNORE_LABEL, 0, label).astype(np.uint8)
     out['query_img'][i], out['query_label'][i] = stretch_pair(image, label, size)
     scored = label if original else out['query_label'][i]
     h, w = scored.shape
@@ -168,11 +175,11 @@ def stretch_eval_dataset(split, episode_list, config, resolved: protocols.Resolv
 
   def make(n):
     return stretch_eval_batch(split, episode_list, size, side, original,
-                              [int(n) * global_batch + r for r in rows])
+                              [int(n) * global_batch + r for r in rows], resolved.void_label)
 
   example = {k: np.empty((len(rows),) + v.shape[1:], v.dtype)
              for k, v in stretch_eval_batch(split, episode_list[:1], size, side, original,
-                                            [0]).items()}
+                                            [0], resolved.void_label).items()}
   tf = pipeline._tf()
   num_batches = math.ceil(len(episode_list) / global_batch)
   # pipeline's private stream helper: the same parallel, ordered, closable tf.data stream.
@@ -308,10 +315,11 @@ class Evaluator:
     totals = merge_processes(totals, self.test_classes)
     base_totals = {n: merge_processes(t, self.test_classes) for n, t in base_totals.items()}
     seconds = time.perf_counter() - start
-    summary = metrics.summarize(totals, self.test_classes)
+    summary = metrics.summarize(totals, self.test_classes, self.protocol.empty_classes)
     summary['seconds'] = seconds
     if with_baselines:
-      summary['baselines'] = {name: metrics.summarize(t, self.test_classes)
+      summary['baselines'] = {name: metrics.summarize(t, self.test_classes,
+                                                      self.protocol.empty_classes)
                               for name, t in base_totals.items()}
     return summary
 

@@ -3,7 +3,9 @@
 Every number a user sees comes from here:
 * mIoU: for each test class c, I_c and U_c are summed over all episodes of class c; IoU_c =
   I_c / U_c; mIoU is the mean over the fold's classes. It is NOT the mean of per-episode IoUs
-  (``mean_episode_iou`` computes that one for comparison only).
+  (``mean_episode_iou`` computes that one for comparison only). A fold class without any
+  episode counts as IoU 0 (`empty_classes='zero'`: PFENet test.py's 1e-10 guard, HSNet
+  common/logger.py's max(U, 1)) or is left out of the mean (`'drop'`, an option).
 * FB-IoU: background and foreground intersections and unions each summed over all episodes;
   the mean of the two IoUs.
 Pixels labelled 255 (borders, padding) are excluded from intersections and unions.
@@ -113,6 +115,9 @@ class SegmentationTotals:
         episodes_scored=self.episodes_scored + other.episodes_scored)
 
 
+EMPTY_CLASS_RULES = ('zero', 'drop')
+
+
 def class_iou(totals: SegmentationTotals, classes: Iterable[int]) -> dict[int, float]:
   """IoU of each class of `classes` that has episodes (a class without any is left out, not
   counted as 0; `summarize` lists such classes)."""
@@ -124,9 +129,21 @@ def class_iou(totals: SegmentationTotals, classes: Iterable[int]) -> dict[int, f
   return out
 
 
-def mean_iou(totals: SegmentationTotals, classes: Iterable[int]) -> float:
-  """Class-wise mIoU over the classes of `classes` (the fold's test classes) with episodes."""
+def _check_rule(empty_classes: str) -> None:
+  if empty_classes not in EMPTY_CLASS_RULES:
+    raise ValueError(f'config.eval.empty_classes={empty_classes!r}; expected one of '
+                     f'{list(EMPTY_CLASS_RULES)}')
+
+
+def mean_iou(totals: SegmentationTotals, classes: Iterable[int],
+             empty_classes: str = 'zero') -> float:
+  """Class-wise mIoU over `classes` (the fold's test classes); a class without episodes
+  counts as 0 ('zero', the originals) or is left out ('drop')."""
+  _check_rule(empty_classes)
+  classes = list(classes)
   ious = class_iou(totals, classes)
+  if empty_classes == 'zero':
+    return float(np.mean([ious.get(c, 0.0) for c in classes])) if classes else float('nan')
   return float(np.mean(list(ious.values()))) if ious else float('nan')
 
 
@@ -143,13 +160,20 @@ def mean_episode_iou(totals: SegmentationTotals) -> float:
   return totals.episode_iou_sum / totals.episodes_scored
 
 
-def summarize(totals: SegmentationTotals, classes: Iterable[int]) -> dict:
-  """The numbers a report shows, in percent: mIoU, FB-IoU, per-class IoU, episode count."""
+def summarize(totals: SegmentationTotals, classes: Iterable[int],
+              empty_classes: str = 'zero') -> dict:
+  """The numbers a report shows, in percent: mIoU, FB-IoU, per-class IoU, episode count.
+
+  `classes_without_episodes` lists the fold classes no episode drew; under 'zero' they are in
+  `class_iou` as 0, as the originals print them."""
   classes = list(classes)
   ious = class_iou(totals, classes)
+  missing = [c for c in classes if c not in ious]
+  if empty_classes == 'zero':
+    ious = {c: ious.get(c, 0.0) for c in classes}
   return {
-      'miou': 100.0 * mean_iou(totals, classes),
-      'classes_without_episodes': [c for c in classes if c not in ious],
+      'miou': 100.0 * mean_iou(totals, classes, empty_classes),
+      'classes_without_episodes': missing,
       'fb_iou': 100.0 * fb_iou(totals),
       'class_iou': {str(c): 100.0 * v for c, v in ious.items()},
       'mean_episode_iou': 100.0 * mean_episode_iou(totals),

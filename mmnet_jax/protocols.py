@@ -27,8 +27,7 @@ has the long version, with the sources):
 Where this port differs from the originals (all protocols): the random generator is numpy's
 `default_rng(seed)`, not the originals' global numpy/torch/python state, so the episodes are
 not the originals' episodes (same rules, same counts, other draws); K supports are always
-distinct (HSNet may repeat a support in K-shot); pixels labelled 255 are ignored on COCO too
-(HSNet counts COCO's crowd/255 pixels as background); HSNet's stretch uses our bilinear
+distinct (HSNet may repeat a support in K-shot); HSNet's stretch uses our bilinear
 resize without antialiasing (torchvision/PIL antialiases when shrinking); HSNet's PASCAL
 pairs come from our pools (the 2048-pixel rule), not from its shipped per-fold lists.
 
@@ -42,6 +41,12 @@ Config fields read (all under `config.eval`):
   stretch_size          optional; 0 -> the protocol's (HSNet: 401); must be 8k + 1.
   hsnet_original_size   optional; HSNet scoring at the original label size.
   episodes_file         optional; a saved episode list: evaluates exactly those episodes.
+  void_label            optional; '' -> the protocol's: a scored 255 pixel is 'ignore'd
+                        (PFENet, BAM; HSNet on PASCAL) or 'background' (HSNet on COCO, whose
+                        reader maps every pixel that is not the class to 0; stretch only).
+  empty_classes         optional; '' -> the protocol's ('zero' for all three: a fold class
+                        without episodes counts as IoU 0 in PFENet test.py and HSNet
+                        common/logger.py); 'drop' leaves it out of the mean.
   size, pad_fill        the pad-resize canvas of 'original' scoring (pipeline.py).
   resize                'resize' (default: PFENet's Resize, which `resized_val: True` selects in
                         PFENet's and MM-Net's configs) or 'test_resize' (PFENet's test_Resize:
@@ -54,6 +59,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
+from mmnet_jax import metrics
 from mmnet_jax.data import augment
 from mmnet_jax.data import episodes as episodes_lib
 
@@ -64,6 +70,7 @@ SCORINGS = ('original', 'stretch', 'stretch_original')
 # HSNet stretches to 400x400; this model's inputs must be 8k + 1 (stride-8 features with
 # align-corners resizes), so the nearest such side, 401 (0.25% larger), is the protocol's.
 HSNET_STRETCH = 401
+VOID_LABELS = ('ignore', 'background')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +85,11 @@ class Protocol:
     scoring: 'original' (PFENet pad-resize, scored on the original label padded to a square)
       or 'stretch' (HSNet: stretched to `stretch_size`, scored there).
     stretch_size: input side of 'stretch' scoring.
+    void_label: dataset name -> what a 255 query pixel is when scored: 'ignore' (left out of
+      intersections and unions) or 'background' (HSNet's COCO reader maps every pixel that
+      is not the class to 0).
+    empty_classes: a fold class without episodes in the mIoU: 'zero' (PFENet test.py, HSNet
+      common/logger.py) or 'drop'.
     source: where the rule comes from.
   """
 
@@ -87,6 +99,8 @@ class Protocol:
   sampling: Mapping[str, str]
   scoring: str
   stretch_size: int
+  void_label: Mapping[str, str]
+  empty_classes: str
   source: str
 
   def for_dataset(self, table: Mapping[str, object], dataset: str):
@@ -97,15 +111,16 @@ PROTOCOLS = {
     'pfenet': Protocol(
         name='pfenet', episodes={'pascal': 5000, 'coco': 20000, 'default': 1000},
         seeds=(321,), sampling={'default': 'query_order'}, scoring='original',
-        stretch_size=0, source='PFENet test.py / MM-Net test.py (5,000 PASCAL, 20,000 COCO)'),
+        stretch_size=0, void_label={'default': 'ignore'}, empty_classes='zero', source='PFENet test.py / MM-Net test.py (5,000 PASCAL, 20,000 COCO)'),
     'hsnet': Protocol(
         name='hsnet', episodes={'default': 1000}, seeds=(0,),
         sampling={'coco': 'class_balanced', 'default': 'pair_order'}, scoring='stretch',
-        stretch_size=HSNET_STRETCH, source='HSNet test.py, data/pascal.py, data/coco.py'),
+        stretch_size=HSNET_STRETCH, void_label={'coco': 'background', 'default': 'ignore'},
+        empty_classes='zero', source='HSNet test.py, data/pascal.py, data/coco.py'),
     'bam': Protocol(
         name='bam', episodes={'default': 1000}, seeds=BAM_SEEDS,
         sampling={'default': 'query_order'}, scoring='original', stretch_size=0,
-        source='BAM test.py (val_num=5, seeds from np.random.seed(123))'),
+        void_label={'default': 'ignore'}, empty_classes='zero', source='BAM test.py (val_num=5, seeds from np.random.seed(123))'),
 }
 
 
@@ -123,6 +138,8 @@ class Resolved:
   episodes_file: str         # '' unless a saved list is evaluated
   pad_fill: str
   resize: str                # 'original' scoring's pad-resize: 'resize' | 'test_resize'
+  void_label: str            # a scored 255 pixel: 'ignore' | 'background'
+  empty_classes: str         # a fold class without episodes: 'zero' | 'drop'
   min_class_pixels: int
 
   def as_dict(self) -> dict:
@@ -172,6 +189,18 @@ def resolve(config) -> Resolved:
   if resize not in augment.EVAL_RESIZES:
     raise ValueError(f'config.eval.resize={resize!r}; expected one of '
                      f'{list(augment.EVAL_RESIZES)}')
+  void_label = str(_get(ev, 'void_label', '') or proto.for_dataset(proto.void_label, dataset))
+  if void_label not in VOID_LABELS:
+    raise ValueError(f'config.eval.void_label={void_label!r}; expected \'\' (the '
+                     f'protocol\'s) or one of {list(VOID_LABELS)}')
+  empty_classes = str(_get(ev, 'empty_classes', '') or proto.empty_classes)
+  if empty_classes not in metrics.EMPTY_CLASS_RULES:
+    raise ValueError(f'config.eval.empty_classes={empty_classes!r}; expected \'\' (the '
+                     f'protocol\'s) or one of {list(metrics.EMPTY_CLASS_RULES)}')
+  if void_label == 'background' and scoring == 'original':
+    raise ValueError("config.eval.void_label='background' is HSNet's COCO rule and needs its "
+                     "stretch scoring (eval.protocol='hsnet'): the 'original' square pads "
+                     "with 255 too")
   episodes_file = str(_get(ev, 'episodes_file', '') or '')
   if episodes_file:
     seeds = seeds[:1]   # one saved list is one run
@@ -179,4 +208,5 @@ def resolve(config) -> Resolved:
                   sampling=sampling, scoring=scoring, input_size=input_size,
                   episodes_file=episodes_file, pad_fill=str(_get(ev, 'pad_fill', 'black')),
                   resize=resize if scoring == 'original' else 'stretch',
+                  void_label=void_label, empty_classes=empty_classes,
                   min_class_pixels=int(config.dataset.min_class_pixels))

@@ -60,7 +60,7 @@ def test_saved_episodes_re_evaluate_identically_and_bad_ids_are_named(setup, tmp
   assert second['protocol_params']['episodes_file'] == path
   # Other episodes give other numbers: the comparison above can fail.
   other = evaluator_for(setup, seeds=(5,)).evaluate_protocol(variables)
-  assert other['class_iou'] != first['class_iou']
+  assert other['fb_iou'] != first['fb_iou']
 
   record['episodes'][7]['query_id'] = 'synthetic_val_nope'
   bad = tmp_path / 'edited.json'
@@ -191,3 +191,22 @@ def test_oracle_logits_score_at_least_97_at_every_image_size(canvas, mode):
   # Each image alone too (PFENet's floor to 8 of the short side misplaces up to 7 rows).
   per_image = 100.0 * counts[..., 0] / counts[..., 1]
   assert per_image.min() >= 96.0, per_image.min()
+
+
+@pytest.mark.parametrize('original', [False, True])
+def test_hsnet_coco_scores_void_pixels_as_background(original):
+  """A prediction covering the 255 ring: ignored under 'ignore' (IoU 1), a false positive
+  under HSNet's COCO rule, exactly as its evaluator counts it on a 0/1 mask."""
+  label = np.zeros((24, 24), np.uint8)
+  label[6:18, 6:18] = 255
+  label[8:16, 8:16] = 3
+  split = make_split([(np.zeros((24, 24, 3), np.uint8), label)], name='toy', split='val')
+  episode = [ep.Episode(0, 3, (0,))]
+  scores = {}
+  for void in ('ignore', 'background'):
+    batch = evaluate.stretch_eval_batch(split, episode, 24, 32, original, [0], void)
+    diff = np.where(label[None] > 0, 1.0, -1.0)   # foreground on the class and on the ring
+    totals = evaluate.score_batch(metrics.SegmentationTotals(), batch, diff)
+    scores[void] = totals.class_inter[3] / totals.class_union[3]
+  assert scores['ignore'] == pytest.approx(1.0)
+  assert scores['background'] == pytest.approx(64 / 144)   # HSNet: 0/1 mask, ring = 0

@@ -42,12 +42,35 @@ def test_classwise_miou_differs_from_mean_of_episodes():
   assert set(summary['class_iou']) == {'1', '2'}
 
 
-def test_class_without_episodes_is_reported_not_counted_as_zero():
+def _pfenet_class_miou(inter, union, classes):
+  """PFENet test.py's class mIoU restated: per-class meters start at 0, IoU = I / (U + 1e-10),
+  the mean over all `split_gap` classes."""
+  return float(np.mean([inter.get(c, 0.0) / (union.get(c, 0.0) + 1e-10) for c in classes]))
+
+
+def _hsnet_miou(inter, union, classes):
+  """HSNet common/logger.py's compute_iou restated: I / max(U, 1) over the classes of
+  interest, mean."""
+  return float(np.mean([inter.get(c, 0.0) / max(union.get(c, 0.0), 1.0) for c in classes]))
+
+
+def test_class_without_episodes_counts_as_zero_as_the_originals_or_is_dropped():
   totals = metrics.SegmentationTotals().add(1, np.array([1, 1]), np.array([1, 2]))
-  assert metrics.mean_iou(totals, [1, 3]) == pytest.approx(0.5)
-  summary = metrics.summarize(totals, [1, 3])
+  totals = totals.add(2, np.array([4, 3]), np.array([5, 4]))
+  classes = [1, 2, 3]   # class 3: no episode (a short evaluation, a rare class)
+  inter, union = dict(totals.class_inter), dict(totals.class_union)
+  zero = metrics.mean_iou(totals, classes)
+  assert zero == pytest.approx((0.5 + 0.75 + 0.0) / 3)   # it used to be 0.625: 3 left out
+  assert zero == pytest.approx(_pfenet_class_miou(inter, union, classes), abs=1e-9)
+  assert zero == pytest.approx(_hsnet_miou(inter, union, classes), abs=1e-12)
+  assert metrics.mean_iou(totals, classes, 'drop') == pytest.approx(0.625)
+  summary = metrics.summarize(totals, classes)
   assert summary['classes_without_episodes'] == [3]
-  assert set(summary['class_iou']) == {'1'}
+  assert summary['class_iou'] == {'1': 50.0, '2': 75.0, '3': 0.0}
+  dropped = metrics.summarize(totals, classes, 'drop')
+  assert dropped['miou'] == pytest.approx(62.5) and set(dropped['class_iou']) == {'1', '2'}
+  with pytest.raises(ValueError, match="config.eval.empty_classes='none'"):
+    metrics.mean_iou(totals, classes, 'none')
 
 
 def test_merge_equals_sequential_accumulation():

@@ -155,3 +155,22 @@ def test_multi_seed_aggregation_matches_hand_computation():
   assert out['baselines']['all_foreground']['miou_std'] == pytest.approx(10.0)
   single = evaluate.aggregate_runs(runs[:1])
   assert single['miou'] == 50.0 and 'miou_std' not in single and single['seeds'] == [1]
+
+
+def test_each_protocol_scores_255_and_empty_classes_as_its_original():
+  """HSNet on COCO scores 255 as background (its reader zeroes every pixel that is not the
+  class); PFENet, BAM and HSNet on PASCAL ignore it; all three count a class without episodes
+  as IoU 0. Options keep the other rule; 'background' cannot apply to the padded square."""
+  rules = {(p, d): (r.void_label, r.empty_classes)
+           for p in protocols.PROTOCOLS for d in ('pascal', 'coco')
+           for r in [protocols.resolve(config_for(p, d))]}
+  assert rules == {('pfenet', 'pascal'): ('ignore', 'zero'), ('pfenet', 'coco'): ('ignore', 'zero'),
+                   ('hsnet', 'pascal'): ('ignore', 'zero'), ('hsnet', 'coco'): ('background', 'zero'),
+                   ('bam', 'pascal'): ('ignore', 'zero'), ('bam', 'coco'): ('ignore', 'zero')}
+  r = protocols.resolve(config_for('hsnet', 'coco', void_label='ignore', empty_classes='drop'))
+  assert (r.void_label, r.empty_classes) == ('ignore', 'drop')
+  assert {'void_label', 'empty_classes', 'resize'} <= set(r.as_dict())
+  with pytest.raises(ValueError, match="void_label='background' is HSNet's COCO rule"):
+    protocols.resolve(config_for('pfenet', 'coco', void_label='background'))
+  with pytest.raises(ValueError, match="config.eval.empty_classes='nan'"):
+    protocols.resolve(config_for('pfenet', empty_classes='nan'))
