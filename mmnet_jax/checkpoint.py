@@ -30,6 +30,7 @@ Readers and stale state:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -112,13 +113,6 @@ def set_aside(path: str, workdir: str, reason: str) -> str:
   return target
 
 
-def _meta_or_none(manager, step) -> dict | None:
-  try:
-    return restore_meta(manager, step)
-  except (CorruptedCheckpointError, CheckpointVanishedError):
-    return None
-
-
 def foreign_best_reason(latest_meta: dict | None, best_meta: dict | None) -> str | None:
   """Why a best checkpoint (meta `best_meta`) is not the latest's run, or None if it may be.
 
@@ -144,6 +138,21 @@ def _process0_string(text: str) -> str:
       'ascii').strip()
 
 
+def _newest_complete(directory: str) -> int | None:
+  complete = [s for s in _step_dirs(directory) if is_complete(os.path.join(directory, str(s)))]
+  return max(complete, default=None)
+
+
+def _meta_file(directory: str, step: int) -> dict | None:
+  """The JSON meta item of a step as orbax's JsonSave writes it; None if unreadable."""
+  try:
+    with open(os.path.join(directory, str(step), 'meta', 'metadata')) as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return meta if isinstance(meta, dict) else None
+
+
 def _recover(workdir: str) -> str | None:
   """The writer's start: moves incomplete steps and another run's best to set_aside/.
   Returns the latest complete checkpoint's run id (None: fresh run, or none recorded)."""
@@ -157,14 +166,12 @@ def _recover(workdir: str) -> str | None:
     path = os.path.join(best_dir, str(step))
     if not is_complete(path):
       set_aside(path, workdir, 'incomplete best checkpoint')
-  readers = RunCheckpoints(workdir, read_only=True)
-  try:
-    latest_step = latest_complete_step(readers.latest)
-    best_step = latest_complete_step(readers.best)
-    latest_meta = None if latest_step is None else _meta_or_none(readers.latest, latest_step)
-    best_meta = None if best_step is None else _meta_or_none(readers.best, best_step)
-  finally:
-    readers.close()
+  # Plain file reads, no orbax manager: only process 0 runs this, and orbax's managers
+  # synchronise all processes (the others wait in the broadcast below: a deadlock).
+  latest_step = _newest_complete(latest_dir)
+  best_step = _newest_complete(best_dir)
+  latest_meta = None if latest_step is None else _meta_file(latest_dir, latest_step)
+  best_meta = None if best_step is None else _meta_file(best_dir, best_step)
   if latest_step is not None and latest_meta is None:
     return None   # unreadable: the restore reports it; judge nothing here
   reason = foreign_best_reason(latest_meta, best_meta)
