@@ -8,11 +8,15 @@ object with attributes; missing optional fields take the defaults shown):
   Real datasets ('pascal', 'coco'; see docs/data.md):
   manual_dir    folder holding the user's official downloads (required to build; see
                 pascal.MANUAL_DOWNLOAD_INSTRUCTIONS / coco.MANUAL_DOWNLOAD_INSTRUCTIONS).
-  list_file     'pascal' only, optional: a PFENet-format train list
+  list_file     optional. 'pascal': a PFENet-format train list
                 (`JPEGImages/x.jpg SegmentationClassAug/x.png` per line), or a folder of HSNet's
-                per-fold lists (`trn/fold{0..3}.txt`, `val/fold{0..3}.txt`) that sets both splits.
+                per-fold lists (`trn/fold{0..3}.txt`, `val/fold{0..3}.txt`) that sets both splits;
                 '' -> the PFENet train list built by rule (pascal.pfenet_train_ids).
-  val_list_file 'pascal' only, optional: a PFENet-format val list; '' -> VOC2012 val.
+                'coco': PFENet's `train_data_list.txt` format (`<image path> <label path>`), or
+                a folder of HSNet's split pickles (`trn|val/fold{0..3}.pkl`, both splits);
+                '' -> every annotated image in file-name order.
+  val_list_file optional, a PFENet-format val list, in the order its queries are scored;
+                '' -> VOC2012 val ('pascal'), every annotated val image by name ('coco').
   Pool sizes printed after a build use num_folds (4), coco_convention ('interleaved') and
   min_class_pixels (2048).
   Synthetic generator knobs (see `synthetic.SyntheticConfig`), read from the sub-config
@@ -147,6 +151,8 @@ def _open_coco(dataset_config, split):
   return coco.open_split(
       manual_dir=_field(dataset_config, 'manual_dir', ''), split=split,
       data_dir=_field(dataset_config, 'data_dir', None) or default_data_dir(),
+      list_file=_field(dataset_config, 'list_file', ''),
+      val_list_file=_field(dataset_config, 'val_list_file', ''),
       pool_options=_pool_options(dataset_config))
 
 
@@ -229,19 +235,23 @@ def split_from_tfds(builder, name, split, sort_by='list_index'):
 
   The builder's features are `fss_features`. Only the small fields are read here (an
   array_record source's read order is not its write order, hence the sort); images are decoded
-  by `load` on demand.
+  by `load` on demand. Every record is read here, so a damaged record file is reported now,
+  by name (`CorruptedRecordError`), not at training time.
   """
   import tensorflow_datasets as tfds
-  meta = builder.as_data_source(split=split, decoders={
-      'image': tfds.decode.SkipDecoding(), 'label': tfds.decode.SkipDecoding()})
-  rows = []
-  for i in range(len(meta)):
-    ex = meta[i]
-    ident = ex['image_id']
-    ident = ident.decode() if isinstance(ident, bytes) else str(ident)
-    areas = {int(c): int(a) for c, a in zip(ex['classes'], ex['class_areas'])}
-    key = ident if sort_by == 'image_id' else int(ex[sort_by])
-    rows.append((key, ident, i, areas))
+  try:
+    meta = builder.as_data_source(split=split, decoders={
+        'image': tfds.decode.SkipDecoding(), 'label': tfds.decode.SkipDecoding()})
+    rows = []
+    for i in range(len(meta)):
+      ex = meta[i]
+      ident = ex['image_id']
+      ident = ident.decode() if isinstance(ident, bytes) else str(ident)
+      areas = {int(c): int(a) for c, a in zip(ex['classes'], ex['class_areas'])}
+      key = ident if sort_by == 'image_id' else int(ex[sort_by])
+      rows.append((key, ident, i, areas))
+  except (RuntimeError, ValueError, OSError) as err:
+    raise CorruptedRecordError(_damaged_record_file(builder, split, err)) from err
   rows.sort(key=lambda r: r[0])
   return FewShotSplit(
       name=name, split=split, num_classes=NUM_CLASSES[name],
@@ -249,15 +259,95 @@ def split_from_tfds(builder, name, split, sort_by='list_index'):
       load=TfdsLoader(builder.as_data_source(split=split), tuple(r[2] for r in rows)))
 
 
-def label_class_areas(label, num_classes):
+class CorruptedRecordError(ValueError):
+  """A built dataset's record file cannot be read (truncated or overwritten on disk)."""
+
+
+def _damaged_record_file(builder, split, err):
+  """The message for a split whose records failed to read: the first file that does not read
+  back whole (each file is read on its own to find it), and how to rebuild."""
+  from array_record.python import array_record_module
+  paths = [os.fspath(p) for p in builder.info.splits[split].filepaths]
+  bad = None
+  for path in paths:
+    try:
+      reader = array_record_module.ArrayRecordReader(path)
+      reader.read_all()
+      reader.close()
+    except (RuntimeError, ValueError, OSError):
+      bad = path
+      break
+  where = bad or f'one of {paths}'
+  return (f'corrupted TFDS record file: {where} ({type(err).__name__}: {err}). Remove '
+          f'{os.fspath(builder.data_path)} and open the dataset again to rebuild it.')
+
+
+BUILD_SOURCE_FILE = 'build_source.json'
+
+
+def record_build_source(builder, manual_dir):
+  """Writes the absolute `manual_dir` a dataset was just built from next to its records."""
+  import json
+  path = os.path.join(os.fspath(builder.data_path), BUILD_SOURCE_FILE)
+  with open(path, 'w') as f:
+    json.dump({'manual_dir': os.path.realpath(manual_dir)}, f)
+
+
+def check_build_source(builder, manual_dir):
+  """Refuses a built dataset whose recorded source is not `manual_dir`.
+
+  A built dataset is found by its data_dir and config alone, so without this a different
+  download folder would silently get the old build. An empty `manual_dir` (open a build without
+  its downloads) and builds without a record (older versions) are accepted.
+  """
+  import json
+  path = os.path.join(os.fspath(builder.data_path), BUILD_SOURCE_FILE)
+  if not manual_dir or not os.path.isfile(path):
+    return
+  with open(path) as f:
+    built_from = json.load(f).get('manual_dir')
+  if built_from != os.path.realpath(manual_dir):
+    raise ValueError(
+        f'{path}: this build was made from dataset.manual_dir={built_from!r}, but '
+        f'dataset.manual_dir={os.path.realpath(manual_dir)!r} now. Use another '
+        f'dataset.data_dir for the new downloads, set manual_dir back, or remove '
+        f'{os.fspath(builder.data_path)} to rebuild.')
+
+
+def open_image(path):
+  """PIL.Image.open(path), with a file that is not an image reported as a ValueError naming it."""
+  from PIL import Image
+  try:
+    return Image.open(path)
+  except FileNotFoundError:
+    raise
+  except (OSError, SyntaxError) as err:   # PIL.UnidentifiedImageError is an OSError
+    raise ValueError(f'{path}: not a readable image ({err}); download it again') from err
+
+
+def decode_fully(path, im):
+  """Decodes every pixel of the PIL image `im` opened from `path` (Image.open reads only the
+  header, so a truncated file would otherwise be stored and fail at training time).
+
+  Raises ValueError naming `path`.
+  """
+  try:
+    im.load()
+  except (OSError, SyntaxError, ValueError) as err:
+    raise ValueError(f'{path}: the image could not be decoded ({err}); the file is damaged or '
+                     'truncated: download it again') from err
+
+
+def label_class_areas(label, num_classes, where='label'):
   """{class id: pixels} of classes 1..num_classes in a uint8 label (0 and 255 not counted).
 
-  Raises ValueError for values in (num_classes, 255): a mask that is not a class-index image.
+  Raises ValueError for values in (num_classes, 255): a mask that is not a class-index image;
+  the message starts with `where` (the mask's file).
   """
   counts = np.bincount(np.asarray(label, np.uint8).ravel(), minlength=256)
   bad = [v for v in range(num_classes + 1, 255) if counts[v]]
   if bad:
-    raise ValueError(f'label has values {bad[:5]} outside 0..{num_classes} and 255 '
+    raise ValueError(f'{where}: mask values {bad[:5]} outside 0..{num_classes} and 255 '
                      '(expected a class-index mask)')
   return {c: int(counts[c]) for c in range(1, num_classes + 1) if counts[c]}
 

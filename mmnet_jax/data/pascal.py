@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from mmnet_jax.data import build_lock
 from mmnet_jax.data import datasets
 from mmnet_jax.data import image_io
 
@@ -93,17 +94,28 @@ def find_voc_root(manual_dir):
   raise _missing(os.path.join(manual_dir, VOC_ROOTS[0], 'JPEGImages'), 'VOC2012 JPEGImages folder')
 
 
-def read_ids(path, what='id list'):
-  """Ids from a one-id-per-line file (VOC ImageSets, SBD lists); blank lines skipped."""
+def read_ids(path, what='id list', allow_empty=False, unique=False):
+  """Ids from a one-id-per-line file (VOC ImageSets, SBD lists); blank lines skipped.
+
+  An empty list is an error unless `allow_empty` (an empty SBD or VOC train list would build a
+  silently smaller dataset: 1,464 instead of 5,953 images); with `unique`, a repeated id is an
+  error naming both lines (a val list scores each row).
+  """
   if not os.path.isfile(path):
     raise _missing(path, what)
   with open(path) as f:
-    ids = [line.strip() for line in f]
-  ids = [i for i in ids if i]
-  for i in ids:
+    rows = [(n, line.strip()) for n, line in enumerate(f, 1)]
+  rows = [(n, i) for n, i in rows if i]
+  first = {}
+  for n, i in rows:
     if ' ' in i or '/' in i:
-      raise ValueError(f'{path}: expected one image id per line, got {i!r}')
-  return ids
+      raise ValueError(f'{path}:{n}: expected one image id per line, got {i!r}')
+    if unique and i in first:
+      raise ValueError(f'{path}:{n}: id {i!r} repeats line {first[i]} ({what}: every id once)')
+    first.setdefault(i, n)
+  if not rows and not allow_empty:
+    raise ValueError(f'{path}: the {what} is empty (expected one image id per line)')
+  return [i for _, i in rows]
 
 
 def dedupe(ids):
@@ -121,10 +133,11 @@ def pfenet_train_ids(sbd_train, voc_train, voc_val):
   return dedupe([i for i in sbd_train if i not in val] + [i for i in voc_train if i not in val])
 
 
-def parse_pfenet_list(path):
+def parse_pfenet_list(path, unique=False):
   """Entries of a PFENet list: lines `JPEGImages/x.jpg SegmentationClassAug/x.png`.
 
-  Repeated lines are dropped (first kept). Paths are relative to the VOC2012 folder.
+  Repeated lines are dropped (first kept), or with `unique` (val lists) an error naming the
+  line. Paths are relative to the VOC2012 folder.
   """
   if not os.path.isfile(path):
     raise _missing(path, 'list file')
@@ -138,6 +151,9 @@ def parse_pfenet_list(path):
         raise ValueError(f'{path}:{n}: expected "JPEGImages/<id>.jpg <mask dir>/<id>.png", '
                          f'got {line.strip()!r}')
       image_id = os.path.splitext(os.path.basename(parts[0]))[0]
+      if unique and any(e.image_id == image_id for e in entries):
+        raise ValueError(f'{path}:{n}: image {image_id!r} is listed twice (a val list scores '
+                         'every row: each image once)')
       entries.append(Entry(image_id, parts[0], parts[1]))
   if not entries:
     raise ValueError(f'{path}: the list is empty')
@@ -155,7 +171,7 @@ def parse_hsnet_lists(folder):
     ids = []
     for fold in range(4):
       path = os.path.join(folder, sub, f'fold{fold}.txt')
-      for line in read_ids(path, 'HSNet fold list'):
+      for line in read_ids(path, 'HSNet fold list', allow_empty=True):
         image_id, sep, cls = line.rpartition('__')
         if not sep or not cls.isdigit():
           raise ValueError(f'{path}: expected "<id>__<class>" lines, got {line!r}')
@@ -173,10 +189,13 @@ def resolve_lists(manual_dir, list_file='', val_list_file=''):
   seg = os.path.join(voc, 'ImageSets', 'Segmentation')
   if list_file and os.path.isdir(list_file):
     ids = parse_hsnet_lists(list_file)
+    for s, v in ids.items():
+      if not v:
+        raise ValueError(f'{list_file}: the HSNet {s} fold lists are all empty')
     lists = {s: [voc_entry(i, 'SegmentationClassAug') for i in v] for s, v in ids.items()}
     source = 'hsnet'
   else:
-    voc_val = read_ids(os.path.join(seg, 'val.txt'), 'VOC2012 val list')
+    voc_val = read_ids(os.path.join(seg, 'val.txt'), 'VOC2012 val list', unique=True)
     if list_file:
       train, source = parse_pfenet_list(list_file), 'list'
     else:
@@ -187,7 +206,7 @@ def resolve_lists(manual_dir, list_file='', val_list_file=''):
       voc_train = read_ids(os.path.join(seg, 'train.txt'), 'VOC2012 train list')
       ids = pfenet_train_ids(read_ids(sbd, 'SBD train list'), voc_train, voc_val)
       train, source = [voc_entry(i, 'SegmentationClassAug') for i in ids], 'pfenet'
-    val = (parse_pfenet_list(val_list_file) if val_list_file
+    val = (parse_pfenet_list(val_list_file, unique=True) if val_list_file
            else [voc_entry(i, 'SegmentationClass') for i in voc_val])
     lists = {'train': train, 'val': val}
     if val_list_file:
@@ -208,12 +227,19 @@ def check_files(voc_root, lists):
 def read_label(path):
   """uint8 (h, w) class indices from a VOC palette PNG or a grayscale index PNG.
 
-  Palette PNGs are read as their indices, never through the RGB colours.
+  Palette PNGs are read as their indices, never through the RGB colours. A file that does not
+  decode whole (truncated, not an image) is a ValueError naming it.
   """
-  with Image.open(path) as im:
+  try:
+    im = Image.open(path)
+  except (OSError, SyntaxError) as err:   # PIL.UnidentifiedImageError is an OSError
+    raise ValueError(f'{path}: the mask could not be read ({err}); expected a class-index '
+                     'PNG') from err
+  with im:
     if im.mode not in ('P', 'L'):
       raise ValueError(f'{path}: mask mode {im.mode!r}; expected a class-index PNG (mode P '
                        'palette or L grayscale), not a colour rendering')
+    datasets.decode_fully(path, im)
     return np.asarray(im, np.uint8)
 
 
@@ -253,14 +279,16 @@ class Pascal5i(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, voc, entries):
     for index, e in enumerate(entries):
-      label = read_label(os.path.join(voc, e.label))
+      label_path = os.path.join(voc, e.label)
+      label = read_label(label_path)
       image_path = os.path.join(voc, e.image)
-      with Image.open(image_path) as im:
+      with datasets.open_image(image_path) as im:
         if im.size != label.shape[::-1]:
           raise ValueError(f'{image_path}: image size {im.size[::-1]} != mask size '
                            f'{label.shape} of {e.label}')
+        datasets.decode_fully(image_path, im)
         image = image_io.builder_image(image_path, im)
-      areas = datasets.label_class_areas(label, NUM_CLASSES)
+      areas = datasets.label_class_areas(label, NUM_CLASSES, where=label_path)
       yield e.image_id, {
           'image': image,   # the file's bytes as they are (16-bit grayscale: an 8-bit PNG)
           'label': label[..., None],
@@ -277,14 +305,25 @@ def build(manual_dir, data_dir, list_file='', val_list_file=''):
   config = Pascal5iConfig(name=config_name(source, lists),
                           lists={s: tuple(v) for s, v in lists.items()},
                           description=f'PASCAL-5i, {source} lists')
-  builder = Pascal5i(config=config, data_dir=data_dir, file_format='array_record')
-  if builder.is_prepared():
-    return builder, False
-  check_files(voc, lists)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, try_download_gcs=False,
-      compute_stats=tfds.download.ComputeStatsMode.SKIP))
-  return builder, True
+
+  def make():
+    return Pascal5i(config=config, data_dir=data_dir, file_format='array_record')
+
+  builder = make()
+
+  def prepare():
+    check_files(voc, lists)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir, try_download_gcs=False,
+        compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    datasets.record_build_source(builder, manual_dir)
+
+  # Under the dataset's lock: concurrent first runs build once, the others wait and read it.
+  if build_lock.prepare_once(builder, prepare):
+    return builder, True
+  builder = make()   # prepared before, or meanwhile by another process: its info from disk
+  datasets.check_build_source(builder, manual_dir)
+  return builder, False
 
 
 def open_split(manual_dir, split, data_dir, list_file='', val_list_file='', pool_options=None):

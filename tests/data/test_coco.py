@@ -1,6 +1,9 @@
 """COCO-20i builder on a tiny COCO 2014 tree (instances JSON with polygons, RLE and crowd)."""
 
+import collections
+import json
 import os
+import pickle
 
 import ml_collections
 import numpy as np
@@ -159,3 +162,167 @@ def test_missing_paths_are_named(tmp_path):
   os.remove(tmp_path / 'val2014' / fake_formats.coco_file_name('val', 300))
   with pytest.raises(FileNotFoundError, match='COCO_val2014_000000000300.jpg'):
     datasets.open_split(cfg, 'val')
+
+
+def val_name(image_id):
+  return fake_formats.coco_file_name('val', image_id)
+
+
+def write_pfenet_list(path, split, image_ids):
+  """A list in PFENet's COCO format: `<image path> <label path>` per line."""
+  with open(path, 'w') as f:
+    for i in image_ids:
+      name = fake_formats.coco_file_name(split, i)
+      f.write(f'{split}2014/{name} annotations/{split}2014/{name[:-4]}.png\n')
+
+
+def test_pfenet_lists_set_images_and_order(built, tmp_path):
+  """The rows follow PFENet's list (which queries are scored before the episode cut), not the
+  file-name order; masks are still painted from the JSON."""
+  root, splits = built
+  write_pfenet_list(tmp_path / 'val_data_list.txt', 'val', [300, 7, 42])
+  write_pfenet_list(tmp_path / 'train_data_list.txt', 'train', [6, 5, 6])   # repeat dropped
+  cfg = ml_collections.ConfigDict(dict(
+      name='coco', manual_dir=root, data_dir=str(tmp_path / 'tfds'),
+      list_file=str(tmp_path / 'train_data_list.txt'),
+      val_list_file=str(tmp_path / 'val_data_list.txt')))
+  val = datasets.open_split(cfg, 'val')
+  assert val.image_ids == ('COCO_val2014_000000000300', 'COCO_val2014_000000000007',
+                           'COCO_val2014_000000000042')
+  np.testing.assert_array_equal(val.load(1)[1], splits['val'].load(0)[1])
+  assert datasets.open_split(cfg, 'train').image_ids == ('COCO_train2014_000000000006',
+                                                         'COCO_train2014_000000000005')
+
+
+@pytest.mark.parametrize('lines, message', [
+    ([300, 7, 300], r'val_data_list.txt:3: image .*000300.jpg\' repeats line 1'),
+    ([300, 9], r"val_data_list.txt: 1 image\(s\) of the list have no annotation in .*"
+               r"instances_val2014.json, first 'COCO_val2014_000000000009.jpg'"),
+])
+def test_bad_pfenet_list_is_named(built, tmp_path, lines, message):
+  root, _ = built
+  write_pfenet_list(tmp_path / 'val_data_list.txt', 'val', lines)
+  cfg = ml_collections.ConfigDict(dict(name='coco', manual_dir=root,
+                                       data_dir=str(tmp_path / 'tfds'),
+                                       val_list_file=str(tmp_path / 'val_data_list.txt')))
+  with pytest.raises(ValueError, match=message):
+    datasets.open_split(cfg, 'val')
+  (tmp_path / 'train.txt').write_text('JPEGImages/x.jpg SegmentationClassAug/x.png\n')
+  with pytest.raises(ValueError, match=r"train.txt:1: expected train images named "
+                     r"COCO_train2014_<12 digits>.jpg, got 'x.jpg'"):
+    coco.parse_pfenet_list(str(tmp_path / 'train.txt'), 'train')
+
+
+def write_hsnet_pickles(folder, folds):
+  """HSNet's data/splits/coco layout: {trn,val}/fold{k}.pkl, each {class index: [paths]}."""
+  for sub, per_fold in folds.items():
+    os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    for k, classwise in enumerate(per_fold):
+      with open(os.path.join(folder, sub, f'fold{k}.pkl'), 'wb') as f:
+        pickle.dump(classwise, f, protocol=3)     # HSNet's files are protocol 3
+
+
+def test_hsnet_split_pickles(built, tmp_path):
+  root, _ = built
+  t, v = (lambda i: f'train2014/{fake_formats.coco_file_name("train", i)}',
+          lambda i: f'val2014/{val_name(i)}')
+  folder = str(tmp_path / 'splits' / 'coco')
+  write_hsnet_pickles(folder, {
+      'trn': [{1: [t(6)], 2: [t(5), t(6)]}, {}, {0: [t(5)]}, {}],
+      'val': [{0: [v(42)], 4: [v(7), v(42)]}, {1: [v(300)]}, {}, {3: [v(7)]}]})
+  cfg = ml_collections.ConfigDict(dict(name='coco', manual_dir=root,
+                                       data_dir=str(tmp_path / 'tfds'), list_file=folder))
+  assert datasets.open_split(cfg, 'val').image_ids == (
+      'COCO_val2014_000000000042', 'COCO_val2014_000000000007', 'COCO_val2014_000000000300')
+  assert datasets.open_split(cfg, 'train').image_ids == ('COCO_train2014_000000000006',
+                                                         'COCO_train2014_000000000005')
+
+
+class _Payload:
+  def __reduce__(self):
+    return (os.getcwd, ())
+
+
+@pytest.mark.parametrize('content, message', [
+    (_Payload(), r'refers to (posix|nt).getcwd'),
+    (collections.OrderedDict({0: ['a']}), r'refers to collections.OrderedDict'),
+    ({0: 'val2014/x.jpg'}, r'expected a dict \{class index: \[image paths\]\}'),
+])
+def test_split_pickle_runs_no_code(tmp_path, content, message):
+  path = tmp_path / 'fold0.pkl'
+  path.write_bytes(pickle.dumps(content, protocol=3))
+  with pytest.raises(ValueError, match=f'{path}: .*{message}'):
+    coco.read_split_pickle(str(path))
+
+
+def _fresh(tmp_path, val_anns=VAL_ANNS):
+  root = str(tmp_path / 'm')
+  fake_formats.write_coco(root, 'val', VAL_IMAGES, val_anns)
+  fake_formats.write_coco(root, 'train', TRAIN_IMAGES, TRAIN_ANNS)
+  cfg = ml_collections.ConfigDict(dict(name='coco', manual_dir=root,
+                                       data_dir=str(tmp_path / 'tfds')))
+  return root, cfg
+
+
+@pytest.mark.parametrize('kind, message', [
+    ('empty_file', 'instances_val2014.json: not a COCO instances JSON'),
+    ('no_annotations', 'instances_val2014.json: no image has an annotation'),
+    ('unknown_category', r'instances_val2014.json: annotation 30 \(image 300\) has '
+                         r'category_id 12, not one of the 80 COCO categories'),
+    ('truncated_jpeg', r'COCO_val2014_000000000042.jpg: the image could not be decoded'),
+])
+def test_broken_coco_never_builds(tmp_path, kind, message):
+  """Before: TFDS AssertionError / json error without the file, bare `KeyError: 12`, and a
+  truncated JPEG stored (only its header read) to fail at training time."""
+  root, cfg = _fresh(tmp_path)
+  path = coco.annotation_path(root, 'val')
+  if kind == 'empty_file':
+    open(path, 'w').close()
+  elif kind in ('no_annotations', 'unknown_category'):
+    data = json.load(open(path))
+    if kind == 'no_annotations':
+      data['annotations'] = []
+    else:
+      data['annotations'][-1]['category_id'] = 12
+    json.dump(data, open(path, 'w'))
+  else:
+    image = os.path.join(root, 'val2014', val_name(42))
+    data = open(image, 'rb').read()
+    open(image, 'wb').write(data[:len(data) // 2])
+  with pytest.raises(ValueError, match=message):
+    datasets.open_split(cfg, 'val')
+
+
+def test_degenerate_polygons_dropped_with_a_warning(tmp_path, caplog):
+  """A polygon of fewer than 3 points has no area: pycocotools renders it as no pixel after a
+  valid polygon and cannot decode it first (before: a TypeError naming nothing)."""
+  anns = [dict(a) for a in VAL_ANNS]
+  anns[0] = dict(anns[0], segmentation=anns[0]['segmentation'] + [[5.0, 5.0, 9.0, 9.0]])
+  root, cfg = _fresh(tmp_path, anns)
+  path = coco.annotation_path(root, 'val')
+  data = json.load(open(path))
+  data['annotations'].append(dict(data['annotations'][1], id=99,
+                                  segmentation=[[1.0, 1.0, 3.0, 3.0]]))
+  json.dump(data, open(path, 'w'))
+  with caplog.at_level('WARNING'):
+    val = datasets.open_split(cfg, 'val')
+  assert 'instances_val2014.json: annotation 11 (image 42): 1 polygon' in caplog.text
+  assert 'annotation 99 (image 42)' in caplog.text
+  expected = coco.paint_label([a for a in anns if a['image_id'] == 42], H, W,
+                              coco.category_map([{'id': c} for c in coco.CATEGORY_IDS]))
+  np.testing.assert_array_equal(val.load(1)[1], expected)
+  bad = dict(anns[0], segmentation=[[1.0, 2.0, 3.0]])
+  with pytest.raises(ValueError, match=r'x.json: annotation 11 \(image 42\) .*odd number'):
+    coco.drop_degenerate_polygons(bad, 'x.json')
+
+
+def test_build_of_another_manual_dir_is_refused(tmp_path):
+  """Before: a different download folder on a used data_dir silently returned the old build."""
+  root, cfg = _fresh(tmp_path)
+  datasets.open_split(cfg, 'val')
+  other = str(tmp_path / 'other')
+  fake_formats.write_coco(other, 'val', VAL_IMAGES[:1], VAL_ANNS[:2])
+  fake_formats.write_coco(other, 'train', TRAIN_IMAGES, TRAIN_ANNS)
+  with pytest.raises(ValueError, match=r"this build was made from dataset.manual_dir='.*/m'"):
+    datasets.open_split(ml_collections.ConfigDict(dict(cfg, manual_dir=other)), 'val')
+  assert len(datasets.open_split(ml_collections.ConfigDict(dict(cfg, manual_dir='')), 'val')) == 3

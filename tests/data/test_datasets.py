@@ -101,3 +101,26 @@ def test_synthetic_tfds_roundtrip(tmp_path):
   assert pickle.loads(pickle.dumps(val.load))(1)[1].shape == val.load(1)[1].shape
   with pytest.raises(IndexError):
     val.load(20)
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'overwrite'])
+def test_corrupted_record_file_is_named_at_start_up(tmp_path, damage):
+  """Before: RuntimeError 'Corrupted Riegeli/records file' or ValueError 'type NoneType is not
+  supported by np_map_fn', naming no file."""
+  import glob
+  from tests.data import test_pascal
+  root = tmp_path / 'm'
+  test_pascal.write_tree(str(root))
+  cfg = test_pascal.config(root, tmp_path / 'tfds')
+  datasets.open_split(cfg, 'val')
+  record = sorted(glob.glob(str(tmp_path / 'tfds' / '**' / '*val.array_record*'),
+                            recursive=True))[0]
+  data = bytearray(open(record, 'rb').read())
+  if damage == 'truncate':
+    data = data[:len(data) // 2]
+  else:
+    data[100::7] = bytes(b ^ 0xff for b in data[100::7])
+  open(record, 'wb').write(bytes(data))
+  with pytest.raises(datasets.CorruptedRecordError,
+                     match=f'corrupted TFDS record file: {record} .*Remove .* to rebuild'):
+    datasets.open_split(cfg, 'val')

@@ -195,3 +195,80 @@ def test_colour_mask_rejected(tmp_path):
   Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
   with pytest.raises(ValueError, match='class-index PNG'):
     pascal.read_label(str(path))
+
+
+def _fresh(tmp_path):
+  root = tmp_path / 'm'
+  voc = write_tree(str(root))
+  return root, voc, config(root, tmp_path / 'tfds')
+
+
+def _break_voc(kind, root, voc):
+  """Breaks the tree one way; returns the path the error must name."""
+  seg = os.path.join(voc, 'ImageSets', 'Segmentation')
+  if kind == 'empty_sbd_list':
+    path = os.path.join(root, 'SBD', 'train.txt')
+    open(path, 'w').close()
+  elif kind == 'empty_voc_train':
+    path = os.path.join(seg, 'train.txt')
+    open(path, 'w').write('\n\n')
+  elif kind == 'empty_val':
+    path = os.path.join(seg, 'val.txt')
+    open(path, 'w').close()
+  elif kind == 'repeated_val_id':
+    path = os.path.join(seg, 'val.txt')
+    fake_formats.write_ids(path, VOC_VAL + [VOC_VAL[0]])
+  elif kind == 'truncated_jpeg':
+    path = os.path.join(voc, 'JPEGImages', '2008_000003.jpg')
+    data = open(path, 'rb').read()
+    open(path, 'wb').write(data[:len(data) // 2])    # the header (size) still reads
+  elif kind == 'truncated_mask':
+    path = os.path.join(voc, 'SegmentationClassAug', '2008_000003.png')
+    data = open(path, 'rb').read()
+    open(path, 'wb').write(data[:len(data) // 2])
+  elif kind == 'mask_value_30':
+    path = os.path.join(voc, 'SegmentationClassAug', '2008_000003.png')
+    label = LABELS['2008_000003'].copy()
+    label[0, 0] = 30
+    fake_formats.write_gray_png(path, label)
+  return path
+
+
+@pytest.mark.parametrize('kind, message', [
+    ('empty_sbd_list', 'the SBD train list is empty'),
+    ('empty_voc_train', 'the VOC2012 train list is empty'),
+    ('empty_val', 'the VOC2012 val list is empty'),
+    ('repeated_val_id', r":4: id '2007_000010' repeats line 1"),
+    ('truncated_jpeg', 'the image could not be decoded'),
+    ('truncated_mask', 'the mask could not be read|the image could not be decoded'),
+    ('mask_value_30', r'mask values \[30\] outside 0..20 and 255'),
+])
+def test_broken_input_never_builds(tmp_path, kind, message):
+  """Each broken download is one error at build time naming the file (before: an empty list
+  built a smaller dataset, a truncated JPEG was stored, the others named no file)."""
+  root, voc, cfg = _fresh(tmp_path)
+  path = _break_voc(kind, str(root), voc)
+  with pytest.raises(ValueError, match=message) as err:
+    datasets.open_split(cfg, 'train')
+  assert str(err.value).startswith(path)
+
+
+def test_repeated_id_in_a_val_list_file(built, tmp_path):
+  root, _, _, _ = built
+  val = tmp_path / 'val.txt'
+  val.write_text('JPEGImages/2007_000012.jpg SegmentationClassAug/2007_000012.png\n'
+                 'JPEGImages/2007_000012.jpg SegmentationClassAug/2007_000012.png\n')
+  with pytest.raises(ValueError, match=r"val.txt:2: image '2007_000012' is listed twice"):
+    datasets.open_split(config(root, tmp_path / 'tfds', val_list_file=str(val)), 'val')
+
+
+def test_build_of_another_manual_dir_is_refused(tmp_path):
+  root, _, cfg = _fresh(tmp_path)
+  datasets.open_split(cfg, 'val')
+  other = tmp_path / 'other'
+  write_tree(str(other))     # the same lists, so the same builder config: found before
+  with pytest.raises(ValueError, match=r'build_source.json: this build was made from '
+                     r"dataset.manual_dir='.*/m', but dataset.manual_dir='.*/other'"):
+    datasets.open_split(config(other, tmp_path / 'tfds'), 'val')
+  assert len(datasets.open_split(cfg, 'val')) == 3              # its own source: found
+  assert len(datasets.open_split(config(other, tmp_path / 'tfds2'), 'val')) == 3
