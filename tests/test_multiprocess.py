@@ -15,6 +15,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests.test_determinism import compile_cache  # noqa: F401 (a fixture)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_PROCESSES = 2
 DEVICES_PER_PROCESS = 2
@@ -121,3 +123,84 @@ def test_two_processes_train_identically_and_count_each_episode_once(tmp_path):
   assert single['fb_iou'] == pytest.approx(r0['fb_iou'], abs=1e-3)
   assert {str(k): v for k, v in single['class_iou'].items()} == pytest.approx(
       {str(k): v for k, v in r0['class_iou'].items()}, abs=1e-3)
+
+
+SLOW_WRITER = '''
+import sys, time
+from mmnet_jax import checkpoint, train
+from tests.test_determinism import tiny_config
+config = tiny_config(sys.argv[1])
+config.train.checkpoint_every = 1   # a save in flight most of the time
+save = checkpoint.RunCheckpoints.save_latest
+def slowed(self, *args, **kwargs):   # time for the readers while the async save is written
+  save(self, *args, **kwargs)
+  time.sleep(2.0)
+checkpoint.RunCheckpoints.save_latest = slowed
+print(train.train(config, sys.argv[2]), flush=True)
+'''
+
+
+@pytest.mark.slow
+def test_eval_and_predict_beside_a_training_run_leave_it_bitwise_equal(tmp_path, compile_cache):
+  """Readers (`--mode=eval`'s and `--mode=predict`'s functions, in a loop in this process)
+  beside a training run in another process that saves every step: the run finishes and its
+  final state is bitwise that of an undisturbed run; nothing the readers did is left in its
+  checkpoint directories."""
+  import time
+  from PIL import Image
+  from mmnet_jax import checkpoint
+  from mmnet_jax import evaluate
+  from mmnet_jax import predict
+  from tests.test_determinism import (NUM_STEPS, assert_bitwise_equal, cache_env, load_state,
+                                      reference_params, shared_config)
+  config = shared_config()
+  reference = reference_params()   # also builds the dataset the writer reads
+  reader = config.copy_and_resolve_references()
+  reader.eval.select_on = 'last'   # the latest checkpoint: the one being replaced every step
+  reader.eval.pictures = 0
+  reader.dataset.synthetic.num_val = 120   # the writer's 24 val images are too few to evaluate
+  from mmnet_jax.data import datasets
+  datasets.open_split(reader.dataset, 'val')   # built before the race starts
+  image, mask = tmp_path / 'img.png', tmp_path / 'mask.png'
+  Image.fromarray(np.full((40, 48, 3), 120, np.uint8)).save(image)
+  m = np.zeros((40, 48), np.uint8)
+  m[8:30, 10:40] = 255
+  Image.fromarray(m).save(mask)
+
+  # Compile the readers first, on a copy of the undisturbed run, so that they read many times.
+  import shutil
+  from tests import test_determinism
+  warm = str(tmp_path / 'warm')
+  shutil.copytree(os.path.join(test_determinism._shared_data_dir(), 'reference_run'), warm)
+  evaluate.evaluate_workdir(reader, warm)
+  predict.predict_files(reader, warm, [(str(image), str(mask))], str(image),
+                        str(tmp_path / 'pred.png'))
+
+  workdir = str(tmp_path / 'run')
+  proc = subprocess.Popen([sys.executable, '-c', SLOW_WRITER, config.dataset.data_dir, workdir],
+                          cwd=REPO, env=cache_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  reads = {'eval': 0, 'predict': 0}
+  try:
+    end = time.time() + 400
+    while proc.poll() is None and time.time() < end:
+      try:
+        evaluate.evaluate_workdir(reader, workdir)
+        reads['eval'] += 1
+        predict.predict_files(reader, workdir, [(str(image), str(mask))], str(image),
+                              str(tmp_path / 'pred.png'))
+        reads['predict'] += 1
+      except FileNotFoundError:   # no checkpoint committed yet
+        time.sleep(0.2)
+    log, _ = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, log[-4000:]
+  assert f"'step': {NUM_STEPS}" in log, log[-4000:]
+  assert reads['eval'] >= 3 and reads['predict'] >= 3, reads   # they did overlap the run
+  assert_bitwise_equal(load_state(config, workdir)[0], reference)
+  for sub in (checkpoint.LATEST_DIR, checkpoint.BEST_DIR):
+    path = os.path.join(workdir, sub)
+    if os.path.isdir(path):
+      assert not [n for n in os.listdir(path) if not n.isdigit()], os.listdir(path)
