@@ -4,6 +4,11 @@ Modes: train (train, then evaluate the selected checkpoint), eval (restore and e
 summary (per-module parameter table), predict (segment --query from --support IMG:MASK pairs
 with the workdir's checkpoint; writes --output and OUT_overlay.png). All logic lives in
 mmnet_jax/.
+
+eval and predict without --config use the config the workdir's training recorded
+(DIR/config.json); --config.FIELD=VALUE overrides still apply. A user error (a bad flag, path,
+config field or file) prints one line, `error: ...`, and exits 2; --debug (or MMNET_DEBUG=1)
+shows its traceback.
 """
 
 import sys
@@ -29,11 +34,30 @@ _OUTPUT = flags.DEFINE_string(
     'output', None, 'predict: the mask PNG to write (0/255); the overlay goes beside it.')
 _MASK_CLASS = flags.DEFINE_integer(
     'mask_class', None, 'predict: foreground class id in the support masks (default nonzero).')
+_DEBUG = flags.DEFINE_bool(
+    'debug', False, 'Show the traceback of a user error (also with MMNET_DEBUG=1).')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  debug = _DEBUG.value or cli.debug_requested(sys.argv)
+  try:
+    config = cli.load_config_flag(_CONFIG, _MODE.value, _WORKDIR.value, sys.argv)
+    result = _run(config)
+  except cli.USER_ERRORS as e:
+    if debug:
+      raise
+    print(f'error: {cli.one_line(e)}', file=sys.stderr, flush=True)
+    sys.exit(cli.USER_ERROR_EXIT_CODE)
+  # A preempted run saved its checkpoint and stopped: exit like the signal so schedulers
+  # requeue it (128 + SIGTERM/SIGINT/SIGHUP).
+  stopped_by = result.get('preempted') if isinstance(result, dict) else None
+  if stopped_by:
+    sys.exit(cli.PREEMPTED_EXIT_CODES.get(stopped_by, 1))
+
+
+def _run(config):
   logging.set_verbosity(logging.WARNING)   # orbax and TFDS log every step at INFO
   # Before JAX starts its threads: XLA:CPU's step buffers then reuse freed memory instead of
   # page-faulting fresh pages every step (mmnet_jax/host_allocator.py; off with
@@ -44,19 +68,22 @@ def main(argv):
   sharding.initialize_distributed()
   predict_args = {'supports': _SUPPORT.value, 'query': _QUERY.value, 'output': _OUTPUT.value,
                   'mask_class': _MASK_CLASS.value}
+  return cli.run(_MODE.value, config, _WORKDIR.value, predict_args=predict_args)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with a bad flag or --config.FIELD override as one line, exit 2."""
   try:
-    result = cli.run(_MODE.value, _CONFIG.value, _WORKDIR.value, predict_args=predict_args)
-  except (FileNotFoundError, ValueError) as e:
-    if _MODE.value != 'predict':
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, OSError, ValueError) as e:
+    if cli.debug_requested(argv):
       raise
-    sys.exit(f'error: {e}')   # a bad file or flag: the message, not a traceback
-  # A preempted run saved its checkpoint and stopped: exit like the signal so schedulers
-  # requeue it (128 + SIGTERM/SIGINT).
-  stopped_by = result.get('preempted') if isinstance(result, dict) else None
-  if stopped_by:
-    sys.exit(cli.PREEMPTED_EXIT_CODES.get(stopped_by, 1))
+    message = (cli.override_message(e, argv) if isinstance(e, AttributeError)
+               else cli.one_line(e))
+    print(f'error: {message}', file=sys.stderr, flush=True)
+    sys.exit(cli.USER_ERROR_EXIT_CODE)
 
 
 if __name__ == '__main__':
-  flags.mark_flag_as_required('config')
-  app.run(main)
+  sys.argv = cli.with_workdir_config(sys.argv)
+  app.run(main, flags_parser=_parse_flags)

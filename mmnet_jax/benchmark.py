@@ -179,7 +179,7 @@ def measure_peak(sizes=(1024, 2048, 4096), repeats: int = 5) -> dict:
 
 def make_config(spec: dict, train_batch: int, dtype: str = 'float32', chunk: int | None = None):
   """The default (MM-Net) config at the spec's backbone, size and shots."""
-  from configs import default
+  from mmnet_jax import default_config as default
   config = default.get_config(f'shots={spec["shots"]}')
   config.model.backbone = spec['backbone']
   config.model.dtype = dtype

@@ -46,7 +46,7 @@ def parse_args(argv=None):
 
 def make_config(args, data_dir: str):
   """The default (MM-Net) config on a synthetic split of real-size images."""
-  from configs import default
+  from mmnet_jax import default_config as default
   c = default.get_config()
   c.dataset.name = 'synthetic'
   c.dataset.data_dir = data_dir

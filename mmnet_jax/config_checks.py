@@ -8,7 +8,7 @@ value found and the value expected, e.g.
       dataset.fold: got 4, expected an int in [0, 4)
 
 Unknown keys (a mistyped field in a config file, which ConfigDict silently accepts) are found
-by comparing with the reference config, `configs/default.py` unless another is given. Only the
+by comparing with the reference config, `mmnet_jax/default_config.py` unless another is given. Only the
 fields a run reads are checked; a field that is absent is left to its reader.
 """
 
@@ -39,13 +39,10 @@ def _flat_keys(tree: Any, prefix: str = '') -> dict:
   return out
 
 
-def default_reference() -> ml_collections.ConfigDict | None:
-  """configs/default.py's config (None when the configs package is not importable)."""
-  try:
-    from configs import default
-  except ImportError:
-    return None
-  return default.get_config()
+def default_reference() -> ml_collections.ConfigDict:
+  """The package's reference config (`mmnet_jax.default_config`)."""
+  from mmnet_jax import default_config
+  return default_config.get_config()
 
 
 def unknown_keys(config, reference) -> list[str]:
@@ -222,7 +219,7 @@ def check_config(config, reference=None, num_devices: int | None = None) -> None
 
   Args:
     config: the run's ConfigDict.
-    reference: the config whose keys are the known ones (default: configs/default.py).
+    reference: the config whose keys are the known ones (default: mmnet_jax/default_config.py).
     num_devices: when given, train.batch_size and eval.batch_size must be multiples of it.
   """
   found = problems(config, reference, num_devices)

@@ -1,5 +1,8 @@
 """Default configuration: MM-Net ResNet-50 on PASCAL-5i fold 0, 1-shot (the original recipe).
 
+The reference config of the package (config checks, workdir configs, benchmarks use it);
+`configs/default.py` re-exports it for the experiment files.
+
 Experiment files import this, override fields, and accept one argument string of
 comma-separated `key=value` items and flags, e.g. `configs/pascal_1shot.py:fold=2,runlocal`:
 * `fold=N` selects the test fold; `shots=K` the number of supports;

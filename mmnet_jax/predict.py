@@ -35,14 +35,20 @@ OVERLAY_COLOR = np.array([255, 40, 40], np.float32)   # red foreground tint
 OVERLAY_ALPHA = 0.5
 
 
+def _check_file(path: str, what: str) -> None:
+  if os.path.isdir(path):
+    raise IsADirectoryError(f'{what} {path!r} is a directory; expected an image file')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{what} {path!r}: no such file')
+
+
 def load_image(path: str, what: str = 'image') -> np.ndarray:
   """uint8 (h, w, 3) RGB from an image file, 16-bit grayscale scaled (`image_io.rgb8`).
 
   Clear errors for a missing or unreadable file.
   """
   from PIL import Image, UnidentifiedImageError
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{what} {path!r}: no such file')
+  _check_file(path, what)
   try:
     with Image.open(path) as im:
       return image_io.rgb8(im)
@@ -58,8 +64,7 @@ def load_mask(path: str, mask_class: int | None = None, what: str = 'mask') -> n
   read as class ids and pixels equal to `mask_class` are the foreground.
   """
   from PIL import Image, UnidentifiedImageError
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{what} {path!r}: no such file')
+  _check_file(path, what)
   try:
     with Image.open(path) as im:
       if mask_class is None:
@@ -203,11 +208,27 @@ def overlay_path(output: str) -> str:
 
 
 def parse_support(spec: str) -> tuple[str, str]:
-  """'IMG:MASK' -> (IMG, MASK); the last ':' splits, so image paths may contain ':'."""
-  image, sep, mask = spec.rpartition(':')
-  if not sep or not image or not mask:
+  """'IMG:MASK' -> (IMG, MASK). Either path may contain ':': of the possible splits the one
+  naming two existing files wins, else the last ':' splits."""
+  splits = [(spec[:i], spec[i + 1:]) for i, ch in enumerate(spec) if ch == ':']
+  splits = [(image, mask) for image, mask in splits if image and mask]
+  if not splits:
     raise ValueError(f'--support {spec!r}: expected IMAGE:MASK (two file paths joined by ":")')
-  return image, mask
+  for image, mask in splits:
+    if os.path.isfile(image) and os.path.isfile(mask):
+      return image, mask
+  return splits[-1]
+
+
+def check_output(output: str) -> None:
+  """Raises ValueError unless `output` names an image file Pillow can write (by extension)."""
+  from PIL import Image
+  ext = os.path.splitext(output)[1].lower()
+  if ext not in Image.registered_extensions():
+    raise ValueError(f'--output {output!r}: expected an image file name such as mask.png '
+                     f'(got extension {ext or "none"!r})')
+  if os.path.isdir(output):
+    raise IsADirectoryError(f'--output {output!r} is a directory; expected an image file name')
 
 
 def predict_files(config: ml_collections.ConfigDict, workdir: str,
@@ -229,9 +250,16 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str,
     {'mask': path, 'overlay': path, 'foreground_fraction': float, 'shots': K, 'step': int|None}
   """
   from PIL import Image
+  if not output:
+    raise ValueError('--output is required: the mask PNG to write')
+  check_output(output)   # before any work: a bad name must not cost a model restore
   pairs = [parse_support(s) if isinstance(s, str) else tuple(s) for s in supports]
   if not pairs:
     raise ValueError('give at least one --support IMAGE:MASK')
+  for k, (image_path, mask_path) in enumerate(pairs):   # every path first, then the decoding
+    _check_file(image_path, f'support {k} image')
+    _check_file(mask_path, f'support {k} mask')
+  _check_file(query, 'query image')
   images, masks = [], []
   for k, (image_path, mask_path) in enumerate(pairs):
     image = load_image(image_path, f'support {k} image')
@@ -240,8 +268,6 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str,
     images.append(image)
     masks.append(mask)
   query_image = load_image(query, 'query image')
-  if not output:
-    raise ValueError('--output is required: the mask PNG to write')
   step, model = None, None
   if variables is None:
     variables, model, step, which = restore(config, workdir)

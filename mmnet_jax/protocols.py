@@ -65,7 +65,7 @@ from mmnet_jax.data import episodes as episodes_lib
 
 # BAM test.py: setup_seed(123); np.random.randint(0, 1000, 5) with numpy's legacy generator.
 BAM_SEEDS = (510, 365, 382, 322, 988)
-LEGACY_SEED_DEFAULT = 321   # configs/default.py eval.seed
+LEGACY_SEED_DEFAULT = 321   # mmnet_jax/default_config.py eval.seed
 SCORINGS = ('original', 'stretch', 'stretch_original')
 # HSNet stretches to 400x400; this model's inputs must be 8k + 1 (stride-8 features with
 # align-corners resizes), so the nearest such side, 401 (0.25% larger), is the protocol's.

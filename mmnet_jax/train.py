@@ -207,10 +207,12 @@ def eval_interval(config: ml_collections.ConfigDict, pool_size: int) -> int:
 
 def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
   """The parts of a config that must match for a checkpoint to be resumed or evaluated.
-  The compute dtype and the attention chunking change no parameter, so they may differ."""
+  The compute dtype and the attention chunking change no parameter, so they may differ; so
+  may the shots: MM-Net's parameters do not depend on K, so a 1-shot checkpoint is evaluated
+  at 5 shots as HSNet's `test.py --nshot 5` does (a resume at another K warns, as a recipe
+  change). Checkpoints that recorded 'shots' still match: only these keys are compared."""
   model = {k: v for k, v in config.model.to_dict().items() if k not in ('dtype', 'attention_chunk')}
-  return {'model': model, 'shots': config.shots,
-          'dataset': config.dataset.name, 'fold': config.dataset.fold}
+  return {'model': model, 'dataset': config.dataset.name, 'fold': config.dataset.fold}
 
 
 RECIPE_FIELDS = ('batch_size', 'crop_size', 'scale_min', 'scale_max', 'rotate_deg', 'epochs',
@@ -220,7 +222,8 @@ RECIPE_FIELDS = ('batch_size', 'crop_size', 'scale_min', 'scale_max', 'rotate_de
 
 def training_recipe(config: ml_collections.ConfigDict) -> dict:
   """The fields that shape the training trajectory; a resume that changes them warns."""
-  return {'seed': config.seed, **{k: config.train[k] for k in RECIPE_FIELDS if k in config.train}}
+  return {'seed': config.seed, 'shots': config.shots,
+          **{k: config.train[k] for k in RECIPE_FIELDS if k in config.train}}
 
 
 class StopSignals:

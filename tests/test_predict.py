@@ -154,10 +154,10 @@ def test_main_predict_command(workdir, files, voc, tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'wrote' in proc.stdout and '2-shot' in proc.stdout
   _check_outputs({'mask': out, 'overlay': predict.overlay_path(out)}, voc['rgb'][CROP].shape[:2])
-  # A missing support file: exit status 1 and a one-line message naming it.
+  # A missing support file: exit status 2 (a user error) and a one-line message naming it.
   bad = cmd[:5] + [f'--support={files["image"]}:{files["dir"]}/nope.png'] + cmd[7:]
   proc = subprocess.run(bad, cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 1
+  assert proc.returncode == 2
   assert 'nope.png' in proc.stderr and 'no such file' in proc.stderr
   assert 'Traceback' not in proc.stderr
 
