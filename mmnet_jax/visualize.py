@@ -2,14 +2,16 @@
 
 * `EpisodeGrids(workdir, max_episodes, step)` is an `on_batch(host_batch, logit_diff)` hook for
   `evaluate.Evaluator.evaluate`: for the first `max_episodes` valid episodes it draws one row
-  (supports with their masks, query, ground truth, prediction), saves
+  (supports with their masks, query, ground truth, prediction; masks tinted and outlined, a
+  legend strip naming the colours and the ignore band), saves
   `workdir/pictures/[subdir/]episode_XXXX.png` and logs it to TensorBoard
   (`workdir/tensorboard`, tag `eval_episodes/episode_XXXX`).
 * `plot_run(workdir)` reads the run's TensorBoard scalars and results.json and writes
-  `workdir/pictures/training_curves.png` and `workdir/pictures/class_iou.png`.
+  `workdir/pictures/training_curves.png` (one fixed style per curve, CURVE_STYLES) and
+  `workdir/pictures/class_iou.png` (classes by number).
 
-Pictures are drawn at the evaluation canvas (config.eval.size, pad-resized; the padding shows
-black) since that is what the model sees. Only process 0 writes. matplotlib runs with the Agg
+Pictures show the evaluation canvas (config.eval.size, pad-resized) since that is what the
+model sees, each panel scaled to 256..480 pixels a side so that it reads on a screen. Only process 0 writes. matplotlib runs with the Agg
 backend (no display needed).
 """
 
@@ -22,7 +24,7 @@ import os
 
 import jax
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from mmnet_jax.data import augment
 
@@ -30,10 +32,18 @@ PICTURES_DIR = 'pictures'
 TENSORBOARD_DIR = 'tensorboard'
 CURVES_FILE = 'training_curves.png'
 CLASS_IOU_FILE = 'class_iou.png'
-MASK_COLORS = {'support': (40, 200, 40), 'truth': (40, 120, 255), 'prediction': (255, 40, 40)}
+# Magenta is green's complement: a support mask stays visible on green objects (the old green
+# tint vanished on them). Every mask is also outlined in its colour, whatever the object's.
+MASK_COLORS = {'support': (255, 0, 255), 'truth': (40, 120, 255), 'prediction': (255, 40, 40)}
 IGNORE_COLOR = np.array([128, 128, 128], np.float32)
-_TITLE_H = 14
-_MIN_PANEL, _MAX_PANEL = 128, 320
+LEGEND = (('support mask', MASK_COLORS['support']), ('ground truth', MASK_COLORS['truth']),
+          ('prediction', MASK_COLORS['prediction']),
+          ('ignore (label 255: borders, padding)', tuple(int(c) for c in IGNORE_COLOR)))
+FONT_SIZE = 16
+_TITLE_H = FONT_SIZE + 8
+_LEGEND_H = FONT_SIZE + 12
+_GAP = 4
+_MIN_PANEL, _MAX_PANEL = 256, 480
 
 
 def denormalise(image: np.ndarray) -> np.ndarray:
@@ -42,22 +52,69 @@ def denormalise(image: np.ndarray) -> np.ndarray:
       np.uint8)
 
 
-def tint(image: np.ndarray, label: np.ndarray | None, color, alpha: float = 0.5) -> np.ndarray:
-  """`image` with label == 1 tinted `color` and label == 255 (ignore) greyed; uint8."""
+def outline(mask: np.ndarray, width: int) -> np.ndarray:
+  """The pixels of boolean `mask` within `width` pixels of its border (4-neighbourhood)."""
+  inner = np.asarray(mask, bool)
+  for _ in range(width):
+    padded = np.pad(inner, 1)
+    inner = (inner & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2]
+             & padded[1:-1, 2:])
+  return np.asarray(mask, bool) & ~inner
+
+
+def tint(image: np.ndarray, label: np.ndarray | None, color, alpha: float = 0.5,
+         edge: int = 0) -> np.ndarray:
+  """`image` with label == 1 tinted `color` and label == 255 (ignore) greyed; uint8.
+
+  `edge` > 0 also paints the mask's border `edge` pixels wide in the solid colour.
+  """
   out = np.asarray(image, np.float32).copy()
   if label is not None:
     fg, ignore = label == 1, label == augment.IGNORE_LABEL
     out[fg] = (1 - alpha) * out[fg] + alpha * np.asarray(color, np.float32)
     out[ignore] = 0.5 * out[ignore] + 0.5 * IGNORE_COLOR
+    if edge > 0:
+      out[outline(fg, edge)] = np.asarray(color, np.float32)
   return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def _panel(image: np.ndarray, title: str, side: int) -> Image.Image:
-  """One titled square panel of `side` pixels (nearest-resized so masks stay crisp)."""
+def font(size: int = FONT_SIZE) -> ImageFont.ImageFont:
+  """A scalable font of `size` pixels (Pillow's bundled one), the bitmap default without it."""
+  try:
+    return ImageFont.load_default(size=size)
+  except (TypeError, ImportError, OSError):   # Pillow < 10.1 or no FreeType
+    return ImageFont.load_default()
+
+
+def _scaled(array: np.ndarray, side: int) -> np.ndarray:
+  """`array` (H, W[, 3]) nearest-resized to (side, side), so masks stay crisp."""
+  return np.asarray(Image.fromarray(np.asarray(array, np.uint8)).resize((side, side),
+                                                                        Image.NEAREST))
+
+
+def _panel(image: np.ndarray, label: np.ndarray | None, color, title: str,
+           side: int) -> Image.Image:
+  """One titled square panel of `side` pixels; the mask tinted and outlined at that size."""
+  edge = max(2, side // 96)
+  shown = tint(_scaled(image, side), None if label is None else _scaled(label, side), color,
+               edge=edge)
   panel = Image.new('RGB', (side, side + _TITLE_H), (255, 255, 255))
-  panel.paste(Image.fromarray(image).resize((side, side), Image.NEAREST), (0, _TITLE_H))
-  ImageDraw.Draw(panel).text((2, 1), title, fill=(0, 0, 0))
+  panel.paste(Image.fromarray(shown), (0, _TITLE_H))
+  ImageDraw.Draw(panel).text((3, 3), title, fill=(0, 0, 0), font=font())
   return panel
+
+
+def _legend(width: int) -> Image.Image:
+  """A strip of colour swatches naming the mask colours and the ignore band."""
+  strip = Image.new('RGB', (width, _LEGEND_H), (255, 255, 255))
+  draw, text_font = ImageDraw.Draw(strip), font()
+  x, box = 4, FONT_SIZE
+  for name, color in LEGEND:
+    top = (_LEGEND_H - box) // 2
+    draw.rectangle([x, top, x + box - 1, top + box - 1], fill=tuple(color))
+    draw.text((x + box + 4, top), name, fill=(0, 0, 0), font=text_font)
+    x += box + 4 + int(draw.textlength(name, font=text_font)) + 16
+  return strip
 
 
 def panel_side(size: int) -> int:
@@ -69,6 +126,8 @@ def panel_side(size: int) -> int:
 
 def episode_grid(batch: dict, row: int, logit_diff: np.ndarray) -> np.ndarray:
   """uint8 (h, w, 3): supports with masks, query, ground truth and prediction of one episode.
+
+  A legend strip under the panels names the mask colours and the ignore band.
 
   Args:
     batch: a host eval batch (docs/architecture.md): query_img (B, H, W, 3), query_label,
@@ -86,18 +145,18 @@ def episode_grid(batch: dict, row: int, logit_diff: np.ndarray) -> np.ndarray:
   iou = f'{100 * inter / union:.0f}' if union else '-'
   panels = []
   for k in range(batch['support_imgs'].shape[1]):
-    img = denormalise(batch['support_imgs'][row, k])
-    panels.append(_panel(tint(img, np.asarray(batch['support_labels'][row, k]),
-                              MASK_COLORS['support']), f'support {k + 1}', side))
+    panels.append(_panel(denormalise(batch['support_imgs'][row, k]),
+                         np.asarray(batch['support_labels'][row, k]), MASK_COLORS['support'],
+                         f'support {k + 1}', side))
   query = denormalise(batch['query_img'][row])
-  panels.append(_panel(query, f'query, class {int(batch["class_id"][row])}', side))
-  panels.append(_panel(tint(query, label, MASK_COLORS['truth']), 'ground truth', side))
-  panels.append(_panel(tint(query, pred, MASK_COLORS['prediction']), f'prediction IoU {iou}',
-                       side))
-  gap = 4
-  grid = Image.new('RGB', (len(panels) * (side + gap) - gap, side + _TITLE_H), (255, 255, 255))
+  panels.append(_panel(query, None, None, f'query, class {int(batch["class_id"][row])}', side))
+  panels.append(_panel(query, label, MASK_COLORS['truth'], 'ground truth', side))
+  panels.append(_panel(query, pred, MASK_COLORS['prediction'], f'prediction, IoU {iou}', side))
+  width = len(panels) * (side + _GAP) - _GAP
+  grid = Image.new('RGB', (width, side + _TITLE_H + _LEGEND_H), (255, 255, 255))
   for i, p in enumerate(panels):
-    grid.paste(p, (i * (side + gap), 0))
+    grid.paste(p, (i * (side + _GAP), 0))
+  grid.paste(_legend(width), (0, side + _TITLE_H))
   return np.asarray(grid)
 
 
@@ -199,38 +258,69 @@ def _pyplot():
   return plt
 
 
-def plot_curves(scalars: dict, path: str) -> str:
-  """Training losses, learning rate and evaluation mIoU / FB-IoU against the step."""
+# One fixed style per curve: main and aux are often close, so they differ in colour AND line
+# style (a dashed aux over a solid main leaves both visible where they overlap).
+CURVE_STYLES = {
+    'train/loss': dict(color='black', linestyle='-', linewidth=2.0, marker='o',
+                       label='total (main + weighted aux, recon)'),
+    'train/main': dict(color='tab:blue', linestyle='-', marker='s', label='main (final logits)'),
+    'train/aux': dict(color='tab:orange', linestyle='--', marker='^',
+                      label='aux (FEM scale heads, unweighted)'),
+    'train/recon': dict(color='tab:green', linestyle=':', marker='v',
+                        label='recon (memory, unweighted)'),
+    'train/lr': dict(color='tab:purple', linestyle='-', marker='o', label='learning rate'),
+    'eval/miou': dict(color='tab:red', linestyle='-', marker='o', label='mIoU'),
+    'eval/fb_iou': dict(color='tab:brown', linestyle='--', marker='s', label='FB-IoU'),
+}
+_CURVE_GROUPS = (('loss', ('train/loss', 'train/main', 'train/aux', 'train/recon')),
+                 ('learning rate', ('train/lr',)),
+                 ('evaluation (%)', ('eval/miou', 'eval/fb_iou')))
+
+
+def curves_figure(scalars: dict):
+  """A matplotlib figure: losses, learning rate and evaluation mIoU / FB-IoU against the step.
+
+  One panel per group present in `scalars` ({tag: [(step, value), ...]}), each curve in its
+  CURVE_STYLES style and named in the panel's legend.
+  """
   plt = _pyplot()
-  groups = [
-      ('loss', [t for t in ('train/loss', 'train/main', 'train/aux', 'train/recon')
-                if t in scalars]),
-      ('learning rate', [t for t in ('train/lr',) if t in scalars]),
-      ('evaluation (%)', [t for t in ('eval/miou', 'eval/fb_iou') if t in scalars]),
-  ]
+  groups = [(name, [t for t in tags if t in scalars]) for name, tags in _CURVE_GROUPS]
   groups = [(name, tags) for name, tags in groups if tags]
   if not groups:
     raise ValueError('no training or evaluation scalars to plot')
-  fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.6), squeeze=False)
+  fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
   for ax, (name, tags) in zip(axes[0], groups):
     for tag in tags:
       steps, values = zip(*scalars[tag])
-      ax.plot(steps, values, marker='o' if len(steps) < 30 else None, ms=3,
-              label=tag.split('/', 1)[1])
+      style = dict(CURVE_STYLES[tag])
+      if len(steps) >= 30:
+        style.pop('marker')   # markers only help while points are few
+      ax.plot(steps, values, ms=4, **style)
     ax.set_title(name)
     ax.set_xlabel('step')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return fig
 
 
-def plot_class_iou(results: dict, path: str) -> str:
-  """Per-class IoU bars of the model and the baselines (results.json), mIoU in the legend."""
+def plot_curves(scalars: dict, path: str) -> str:
+  """Writes `curves_figure(scalars)` to `path`; returns `path`."""
+  return _save(curves_figure(scalars), path)
+
+
+def class_order(class_ids) -> list[str]:
+  """results.json class ids (strings) by class number: '2' before '10'."""
+  return sorted(class_ids, key=lambda c: (0, int(c), '') if str(c).isdigit() else (1, 0, str(c)))
+
+
+def class_iou_figure(results: dict):
+  """A matplotlib figure: per-class IoU bars of the model and the baselines (results.json).
+
+  Classes run by class number; each series' mIoU is in the legend.
+  """
   plt = _pyplot()
-  classes = list(results['class_iou'])
+  classes = class_order(results['class_iou'])
   series = [('model', results['class_iou'], results['miou'])]
   for name, base in sorted(results.get('baselines', {}).items()):
     series.append((name, base['class_iou'], base['miou']))
@@ -249,8 +339,17 @@ def plot_class_iou(results: dict, path: str) -> str:
   ax.legend(fontsize=8)
   ax.grid(axis='y', alpha=0.3)
   fig.tight_layout()
+  return fig
+
+
+def plot_class_iou(results: dict, path: str) -> str:
+  """Writes `class_iou_figure(results)` to `path`; returns `path`."""
+  return _save(class_iou_figure(results), path)
+
+
+def _save(fig, path: str) -> str:
   fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _pyplot().close(fig)
   return path
 
 

@@ -55,17 +55,91 @@ def test_episode_grids_hook_writes_pngs_and_tensorboard_images(tmp_path):
                    'episode_0005.png']
   grid = np.asarray(Image.open(tmp_path / 'pictures' / 'episode_0000.png'))
   side = visualize.panel_side(33)
-  assert side == 132
-  assert grid.shape == (side + 14, 5 * (side + 4) - 4, 3)   # 2 supports, query, truth, pred
+  assert side == 264
+  # 2 supports, query, truth, pred; a 24 px title above each panel, a 28 px legend below.
+  assert grid.shape == (24 + side + 28, 5 * (side + 4) - 4, 3)
   # The prediction panel is tinted red where diff > 0 and untinted elsewhere.
-  pred_panel = grid[14:, 4 * (side + 4):]
+  pred_panel = grid[24:24 + side, 4 * (side + 4):]
   scale = side // 33
   inside = pred_panel[8 * scale, 8 * scale].astype(int)      # predicted pixel
-  query_panel = grid[14:, 2 * (side + 4):3 * (side + 4) - 4]
+  query_panel = grid[24:24 + side, 2 * (side + 4):3 * (side + 4) - 4]
   assert inside[0] > query_panel[8 * scale, 8 * scale, 0] or inside[0] == 255
   assert np.array_equal(pred_panel[25 * scale, 25 * scale], query_panel[25 * scale, 25 * scale])
   tags = _tensorboard_tags(tmp_path / 'tensorboard')
   assert ('eval_episodes/episode_0000', 7) in tags and len(tags) == 4
+
+
+def _green_episode(size=33):
+  """One episode on a plain green image (the colour of many synthetic and PASCAL objects)."""
+  label = np.zeros((1, size, size), np.int32)
+  label[:, 5:20, 5:20] = 1
+  label[:, :, 30:] = 255
+  green = np.zeros((size, size, 3), np.float32)
+  green[..., 1] = 200
+  image = augment.normalise(green)
+  return {'query_img': image[None], 'query_label': label, 'support_imgs': image[None, None],
+          'support_labels': label[:, None], 'class_id': np.array([3]), 'valid': np.array([True])}
+
+
+def test_support_mask_is_visible_on_a_green_object():
+  """The old green support tint moved a green pixel by 28 RGB units; magenta moves it ~208."""
+  grid = visualize.episode_grid(_green_episode(), 0, np.zeros((33, 33), np.float32))
+  side = visualize.panel_side(33)
+  support = grid[24:24 + side, :side].astype(float)
+  scale = side // 33
+  masked, plain = support[12 * scale, 12 * scale], support[25 * scale, 25 * scale]
+  assert np.linalg.norm(masked - plain) > 150
+  # The mask border is outlined in the solid support colour.
+  assert tuple(support[5 * scale, 12 * scale]) == visualize.MASK_COLORS['support']
+
+
+def test_episode_grid_has_a_legend_of_the_mask_colours_and_the_ignore_band():
+  names = [name for name, _ in visualize.LEGEND]
+  assert names[:3] == ['support mask', 'ground truth', 'prediction']
+  assert 'ignore' in names[3] and '255' in names[3]
+  grid = visualize.episode_grid(_green_episode(), 0, np.zeros((33, 33), np.float32))
+  strip = grid[-28:]                              # below the panels
+  for name, color in visualize.LEGEND:
+    swatch = np.all(strip == np.asarray(color, np.uint8), axis=-1).sum()
+    assert swatch >= visualize.FONT_SIZE ** 2, name
+
+
+def test_panels_and_titles_are_large_enough_to_read():
+  # Small canvases are enlarged by a whole factor to >= 256 px, big ones kept up to 480 px.
+  assert [visualize.panel_side(s) for s in (33, 65, 129, 257, 473, 641)] == [
+      264, 260, 258, 257, 473, 480]
+  left, top, right, bottom = visualize.font().getbbox('Ag')
+  assert bottom - top >= 14                       # the old bitmap font: 11 px
+
+
+def test_class_iou_plot_orders_classes_by_number():
+  """results.json keys are strings: sorted as text, '10' came before '2'."""
+  ious = {'1': 10.0, '10': 100.0, '11': 110.0, '2': 20.0, '3': 30.0}
+  results = {'miou': 54.0, 'class_iou': ious,
+             'baselines': {'all_foreground': {'miou': 1.0, 'class_iou': dict(ious)}}}
+  fig = visualize.class_iou_figure(results)
+  ax = fig.axes[0]
+  assert [t.get_text() for t in ax.get_xticklabels()] == ['1', '2', '3', '10', '11']
+  model_bars = ax.containers[0]
+  assert [bar.get_height() for bar in model_bars] == [10.0, 20.0, 30.0, 100.0, 110.0]
+  assert visualize.class_order(['b', '10', '2', 'a']) == ['2', '10', 'a', 'b']
+
+
+def test_training_curves_tell_main_and_aux_apart():
+  """main and aux are often close: they differ in colour and line style, and are named."""
+  scalars = {t: [(s, 1.0 / s) for s in (1, 2, 3)]
+             for t in ('train/loss', 'train/main', 'train/aux', 'train/recon', 'train/lr')}
+  fig = visualize.curves_figure(scalars)
+  loss_ax = fig.axes[0]
+  lines = {line.get_label(): line for line in loss_ax.get_lines()}
+  legend = [t.get_text() for t in loss_ax.get_legend().get_texts()]
+  assert legend == list(lines)
+  main = next(line for label, line in lines.items() if label.startswith('main'))
+  aux = next(line for label, line in lines.items() if label.startswith('aux'))
+  assert main.get_color() != aux.get_color()
+  assert main.get_linestyle() != aux.get_linestyle()
+  styles = {(line.get_color(), line.get_linestyle()) for line in lines.values()}
+  assert len(styles) == len(lines) == 4           # every loss curve its own look
 
 
 def test_max_episodes_zero_writes_nothing(tmp_path):
@@ -124,5 +198,6 @@ def test_grids_through_the_real_evaluator(tmp_path):
   assert len(hook.paths) == 3
   size = config.eval.size
   side = visualize.panel_side(size)
+  assert 256 <= side <= 480
   for p in hook.paths:
-    assert np.asarray(Image.open(p)).shape == (side + 14, 4 * (side + 4) - 4, 3)
+    assert np.asarray(Image.open(p)).shape == (24 + side + 28, 4 * (side + 4) - 4, 3)

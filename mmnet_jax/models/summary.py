@@ -62,16 +62,28 @@ def module_counts(params: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
   return rows
 
 
-def parameter_table(params: Mapping[str, Any]) -> str:
-  """A text table: module, instances, parameters; then head, backbone and total lines."""
+def parameter_table(params: Mapping[str, Any], freeze_backbone: bool | None = None) -> str:
+  """A text table: module, instances, parameters; then head, backbone and total lines.
+
+  A header line explains the columns. With `freeze_backbone` (config.model.freeze_backbone)
+  a last line counts the parameters the optimizer trains (train.trainable_labels: the
+  backbone subtree is frozen or not); without it the table makes no claim about training.
+  """
   rows = module_counts(params)
   width = max(len(k) for k in rows) + 2
-  lines = [f'{"module":<{width}}{"x":>4}{"params":>14}']
+  lines = ['x: instances of the module (the FEM modules have one per scale); params: learnable '
+           'parameters (BN running mean/var are batch_stats, not counted)',
+           f'{"module":<{width}}{"x":>4}{"params":>14}']
   for label, (n, count) in rows.items():
     lines.append(f'{label:<{width}}{n:>4}{count:>14,}')
   total = count_parameters(params)
   backbone = rows.get('backbone', (0, 0))[1]
-  lines.append(f'{"head (trainable)":<{width}}{"":>4}{total - backbone:>14,}')
+  lines.append(f'{"head":<{width}}{"":>4}{total - backbone:>14,}  (all but the backbone)')
   lines.append(f'{"backbone":<{width}}{"":>4}{backbone:>14,}')
   lines.append(f'{"total":<{width}}{"":>4}{total:>14,}')
+  if freeze_backbone is not None:
+    trained = total - backbone if freeze_backbone else total
+    why = 'the backbone is frozen' if freeze_backbone else 'the backbone is trained too'
+    lines.append(f'{"trainable":<{width}}{"":>4}{trained:>14,}  '
+                 f'(model.freeze_backbone={bool(freeze_backbone)}: {why})')
   return '\n'.join(lines)
