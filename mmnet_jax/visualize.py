@@ -11,8 +11,8 @@
   `workdir/pictures/class_iou.png` (classes by number).
 
 Pictures show the evaluation canvas (config.eval.size, pad-resized) since that is what the
-model sees, each panel scaled to 256..480 pixels a side so that it reads on a screen. Only process 0 writes. matplotlib runs with the Agg
-backend (no display needed).
+model sees, each panel scaled to 256..480 pixels a side so that it reads on a screen. Only
+process 0 writes. matplotlib runs with the Agg backend (no display needed).
 """
 
 from __future__ import annotations

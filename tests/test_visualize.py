@@ -82,7 +82,7 @@ def _green_episode(size=33):
 
 
 def test_support_mask_is_visible_on_a_green_object():
-  """The old green support tint moved a green pixel by 28 RGB units; magenta moves it ~208."""
+  """The old green support tint moved a green pixel by 28 RGB units; magenta moves it ~207."""
   grid = visualize.episode_grid(_green_episode(), 0, np.zeros((33, 33), np.float32))
   side = visualize.panel_side(33)
   support = grid[24:24 + side, :side].astype(float)
