@@ -15,11 +15,11 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from mmnet_jax import cli
 from mmnet_jax import host_allocator
+from mmnet_jax import log_setup
 from mmnet_jax import sharding
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -58,7 +58,7 @@ def main(argv):
 
 
 def _run(config):
-  logging.set_verbosity(logging.WARNING)   # orbax and TFDS log every step at INFO
+  log_setup.configure()   # our INFO lines; not orbax's and TFDS's per-save, per-read ones
   # Before JAX starts its threads: XLA:CPU's step buffers then reuse freed memory instead of
   # page-faulting fresh pages every step (mmnet_jax/host_allocator.py; off with
   # MMNET_KEEP_FREED_MEMORY=0).

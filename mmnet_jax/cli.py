@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')   # before TensorFlow is first imported
+# TensorFlow only runs tf.data here (no TF math: decoding, batching), so its oneDNN kernels
+# change nothing but print a two-line banner at import; off unless the user set it.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 import jax
 import ml_collections
@@ -119,7 +122,8 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str | None,
     from mmnet_jax.models import mmnet, summary
     variables = jax.eval_shape(lambda: train.init_variables(mmnet.build_model(config.model),
                                                             config))
-    text = summary.parameter_table(variables['params'])
+    text = summary.parameter_table(variables['params'],
+                                   freeze_backbone=config.model.freeze_backbone)
     print(text)
     return text
   if not workdir:
@@ -131,7 +135,7 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str | None,
     return train.train_and_evaluate(config, workdir)
   if mode == 'eval':
     from mmnet_jax import evaluate
-    return evaluate.evaluate_workdir(config, workdir)
+    return evaluate.evaluate_workdir(config, workdir, results_file=None)
   if mode == 'predict':
     from mmnet_jax import predict
     args = dict(predict_args or {})

@@ -38,7 +38,9 @@ BASELINES = {
     'histogram_matching': baselines.histogram_matching,
 }
 EPISODES_FILE = 'eval_episodes.json'
-RESULTS_FILE = 'results.json'
+RESULTS_FILE = 'results.json'      # the training run's final evaluation
+LATEST_EVAL_FILE = 'eval_results.json'   # the latest --mode=eval (each also in EVALS_DIR)
+EVALS_DIR = 'evals'
 
 
 def make_eval_step(model):
@@ -405,10 +407,26 @@ def _restore_selected(config, workdir, model, ckpts: checkpoint.RunCheckpoints):
   return {'params': state['params'], 'batch_stats': state['batch_stats']}, int(meta['step']), which
 
 
-def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def eval_results_path(workdir: str, config: ml_collections.ConfigDict) -> str:
+  """A new file for one `--mode=eval`: `evals/<UTC time>_<protocol>_<K>shot.json` (a counter
+  is added if that name exists), so no evaluation overwrites another's or the training's."""
+  import time
+  stem = f'{time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())}_{config.eval.protocol}_{config.shots}shot'
+  path = os.path.join(workdir, EVALS_DIR, stem + '.json')
+  n = 1
+  while os.path.exists(path):
+    n += 1
+    path = os.path.join(workdir, EVALS_DIR, f'{stem}_{n}.json')
+  return path
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
+                     results_file: str | None = RESULTS_FILE) -> dict:
   """Restores the selected checkpoint of `workdir`, evaluates it under the config's protocol
   (with the baselines on the same episodes), saves the episode lists (one file per seed) and
-  writes `results.json`."""
+  writes the results: to `results_file` in the workdir (the training run's final evaluation:
+  results.json), or with None (`--mode=eval`) to a file of its own (`eval_results_path`) and
+  to `LATEST_EVAL_FILE`, the stable name of the latest one."""
   from mmnet_jax import config_checks
   from mmnet_jax import visualize
   from mmnet_jax.models import mmnet
@@ -430,9 +448,18 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  fold=config.dataset.fold, shots=config.shots,
                  episodes_file=files[0] if len(files) == 1 else files)
   if jax.process_index() == 0:
-    workdir_io.write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
+    if results_file is None:
+      own = eval_results_path(workdir, config)
+      results['results_file'] = os.path.relpath(own, workdir)
+      workdir_io.write_json_atomic(own, results)
+      workdir_io.write_json_atomic(os.path.join(workdir, LATEST_EVAL_FILE), results)
+    else:
+      workdir_io.write_json_atomic(os.path.join(workdir, results_file), results)
     visualize.plot_run(workdir)
     print(format_results(results), flush=True)
+    if results_file is None:
+      print(f'wrote {os.path.join(workdir, results["results_file"])} (latest: '
+            f'{os.path.join(workdir, LATEST_EVAL_FILE)})', flush=True)
   return results
 
 

@@ -418,8 +418,12 @@ def _train_locked(config, workdir, mesh, stop: StopSignals) -> dict:
               f'{"  (best)" if improved else ""}')
     save(done, {'miou': summary['miou'], 'fb_iou': summary['fb_iou']}, best=improved)
 
-  bar = tqdm.tqdm(total=total_steps, initial=start, desc='train', dynamic_ncols=True,
-                  disable=jax.process_index() != 0)
+  # The bar advances when steps are known finished (at log points, after the device sync), not
+  # as they are dispatched; its postfix shows the window's mean loss and episodes/s.
+  bar = tqdm.tqdm(total=total_steps, initial=start, desc='train', unit='step',
+                  dynamic_ncols=True, disable=jax.process_index() != 0)
+  add_window = jax.jit(lambda window, m: jax.tree_util.tree_map(jnp.add, window, m))
+  window = None   # on-device sums of the training scalars since the last log point
   preempted, final_step = None, start
   try:
     if meta is not None and meta.get('eval_pending') and evaluator is not None:
@@ -428,6 +432,8 @@ def _train_locked(config, workdir, mesh, stop: StopSignals) -> dict:
     for step in range(start, total_steps):
       batch = sharding.to_global(next(data), mesh)
       state, metrics, first_bad = step_fn(state, batch, first_bad)
+      scalar_metrics = {k: v for k, v in metrics.items() if not k.startswith('finite')}
+      window = scalar_metrics if window is None else add_window(window, scalar_metrics)
       steps_since += 1
       done = step + 1
       log_now = done % config.train.log_every == 0 or done == total_steps
@@ -440,17 +446,22 @@ def _train_locked(config, workdir, mesh, stop: StopSignals) -> dict:
       if log_now or eval_now or save_now or stop_now:
         _raise_if_non_finite(first_bad, done, ckpts)
       if log_now:
-        metrics = jax.device_get(metrics)
+        # Means over the steps since the last log point (clu's metric_writers average the
+        # same way), not the last step's values.
+        sums = jax.device_get(window)
         now = time.perf_counter()
         eps = steps_since * config.train.batch_size / (now - t_last)
-        t_last, steps_since = now, 0
         lr = float(schedule(step))
-        scalars = {k: float(v) for k, v in metrics.items() if not k.startswith('finite')}
+        scalars = {k: float(v) / steps_since for k, v in sums.items()}
         scalars.update(lr=lr, episodes_per_s=eps, skipped_samples=data.skips.count)
         writer.scalars(done, {f'train/{k}': v for k, v in scalars.items()})
-        bar.set_postfix(loss=f'{scalars["loss"]:.3f}', lr=f'{lr:.2e}', eps=f'{eps:.1f}')
-      bar.update(1)
+        bar.update(steps_since)
+        bar.set_postfix({'loss': f'{scalars["loss"]:.3f}', 'lr': f'{lr:.2e}',
+                         'episodes/s': f'{eps:.1f}'})
+        t_last, steps_since, window = now, 0, None
       if stop_now:
+        bar.update(steps_since)
+        steps_since, window = 0, None
         preempted = stop.requested or 'another process'
         save(done, eval_pending=eval_now)
         final_step = done

@@ -238,8 +238,13 @@ def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
 
 
 def _readable_events(tf, path: str):
-  """The events of one file up to its first unreadable record (warned about, not raised)."""
-  events = tf.compat.v1.train.summary_iterator(path)
+  """The events of one file up to its first unreadable record (warned about, not raised).
+
+  Read with tf.data's TFRecordDataset: summary_iterator wraps the deprecated
+  tf_record_iterator, which warns on every call."""
+  from tensorboard.compat.proto import event_pb2
+  records = iter(tf.data.TFRecordDataset(path))
+  events = (event_pb2.Event.FromString(r.numpy()) for r in records)
   while True:
     try:
       yield next(events)

@@ -17,14 +17,30 @@ import ml_collections
 LOCK_FILE = 'run.lock'
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def write_json_atomic(path: str, obj) -> None:
-  """Writes JSON to `path` through a temporary file, so a crash never leaves half a file."""
+  """Writes JSON to `path` through a temporary file, so a crash never leaves half a file.
+
+  The file gets the mode of a plain `open` (0644 under the usual umask 022): mkstemp's 0600
+  made results and configs unreadable to the rest of a shared group.
+  """
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, suffix='.tmp')
-  with os.fdopen(fd, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  try:
+    os.fchmod(fd, 0o666 & ~_umask())
+    with os.fdopen(fd, 'w') as f:
+      json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.unlink(tmp)
+    raise
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -81,7 +97,9 @@ class WorkdirLock:
   """Exclusive use of a workdir by one run: `<workdir>/run.lock` holds JSON {pid, host, since}.
 
   The lock is an flock on that file, so the kernel releases it when the holder dies in any way
-  (SIGKILL included); the JSON only names the holder in messages. A lock file left by a dead
+  (SIGKILL included); the JSON only names the holder in messages. A finished run removes the
+  file while still holding the lock; a process that locked the file meanwhile sees that its
+  path now names another file (or none) and starts over on the new one. A lock file left by a dead
   process is taken over with a warning. Where flock is unsupported (some network filesystems)
   the JSON decides: a live pid on this host holds the workdir, a dead one is stale; a holder on
   another host cannot be checked and is refused (delete the file if that run is gone).
@@ -107,10 +125,27 @@ class WorkdirLock:
     """Takes the lock or raises WorkdirInUseError naming the holder's pid and host."""
     import fcntl   # POSIX only; imported here so the module still imports elsewhere
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-    holder = self._holder()
+    while True:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      holder = self._holder()
+      locked = self._try_flock(fd, holder, fcntl)
+      if not locked or self._still_named(fd):
+        break
+      os.close(fd)   # removed by the run that released it: lock the file now at the path
+    self._record(fd, holder)
+
+  def _still_named(self, fd: int) -> bool:
+    try:
+      return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+      return False
+
+  def _try_flock(self, fd: int, holder: dict, fcntl) -> bool:
+    """True once `fd` is flocked, False where flock is unsupported and the recorded pid is
+    gone; raises WorkdirInUseError for a live holder."""
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      return True
     except OSError as e:
       if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
         os.close(fd)
@@ -123,6 +158,9 @@ class WorkdirLock:
           holder.get('host') != socket.gethostname() or _pid_alive(int(holder['pid']))):
         os.close(fd)
         raise self._in_use(holder) from None
+      return False
+
+  def _record(self, fd: int, holder: dict) -> None:
     if holder.get('pid') is not None and (holder.get('pid'), holder.get('host')) != (
         os.getpid(), socket.gethostname()):
       logging.warning('taking over the stale lock %s of pid %s on host %r (that run is gone)',
@@ -135,12 +173,13 @@ class WorkdirLock:
     self._fd = fd
 
   def release(self) -> None:
-    """Empties the lock file and drops the lock (no-op if not held). The file stays: unlinking
-    it would let a waiting process lock an orphaned inode while a third creates a new file."""
+    """Removes the lock file, then drops the lock (no-op if not held). Removing it while the
+    lock is held is safe: `acquire` re-checks that its locked file is still the named one."""
     if self._fd is None:
       return
     with contextlib.suppress(OSError):
-      os.ftruncate(self._fd, 0)
+      if self._still_named(self._fd):
+        os.unlink(self.path)
     os.close(self._fd)   # closing the descriptor drops the flock
     self._fd = None
 

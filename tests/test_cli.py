@@ -66,20 +66,38 @@ def test_an_older_workdirs_config_gains_the_new_fields_defaults(tmp_path):
   assert loaded.model.backbone == 'tiny'   # recorded values win over the defaults
 
 
+def _latest_eval(workdir):
+  with open(os.path.join(workdir, evaluate.LATEST_EVAL_FILE)) as f:
+    return json.load(f)
+
+
 def test_eval_uses_the_workdirs_config_and_its_overrides(workdir):
+  training_results = os.path.join(workdir, evaluate.RESULTS_FILE)
+  sentinel = '{"class_iou": {"1": 12.5}, "miou": 12.5}'
+  with open(training_results, 'w') as f:   # the training run's own results stay untouched
+    f.write(sentinel)
   proc = _main('--mode=eval', f'--workdir={workdir}', '--config.eval.num_episodes=3')
   assert proc.returncode == 0, proc.stderr[-3000:]
-  with open(os.path.join(workdir, evaluate.RESULTS_FILE)) as f:
-    results = json.load(f)
+  results = _latest_eval(workdir)
   assert results['episodes'] == 3 and results['shots'] == 1 and results['step'] == 10
+  with open(os.path.join(workdir, results['results_file'])) as f:   # evals/<time>_..._1shot
+    assert json.load(f) == results
+  assert results['results_file'].startswith(evaluate.EVALS_DIR + '/')
+  with open(training_results) as f:
+    assert f.read() == sentinel
+  umask = os.umask(0)
+  os.umask(umask)
+  for name in (evaluate.LATEST_EVAL_FILE, workdir_config.CONFIG_FILE):   # as open() makes them
+    assert os.stat(os.path.join(workdir, name)).st_mode & 0o777 == 0o666 & ~umask   # 0644
 
 
 def test_a_one_shot_checkpoint_is_evaluated_at_two_shots(workdir):
   proc = _main('--mode=eval', f'--workdir={workdir}', '--config.eval.num_episodes=2',
                '--config.shots=2')
   assert proc.returncode == 0, proc.stderr[-3000:]
-  with open(os.path.join(workdir, evaluate.RESULTS_FILE)) as f:
-    assert json.load(f)['shots'] == 2
+  results = _latest_eval(workdir)
+  assert results['shots'] == 2 and results['results_file'].endswith('_2shot.json')
+  assert len(os.listdir(os.path.join(workdir, evaluate.EVALS_DIR))) >= 2   # one file per eval
 
 
 def _one_line_error(proc, *fragments):

@@ -36,7 +36,7 @@ def _tensorboard_tags(logdir):
   import tensorflow as tf
   tags = []
   for name in os.listdir(logdir):
-    for event in tf.compat.v1.train.summary_iterator(os.path.join(logdir, name)):
+    for event in visualize._readable_events(tf, os.path.join(logdir, name)):
       tags += [(v.tag, event.step) for v in event.summary.value]
   return tags
 
