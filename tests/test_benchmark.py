@@ -68,6 +68,7 @@ def test_peak_rss_is_reported():
   del block
 
 
+@pytest.mark.slow   # ~60 s of compiles; CI runs it beside the multi-process tests (.ci/run)
 def test_smoke_tiny_writes_json_and_table(tmp_path):
   out = tmp_path / 'bench.json'
   results = benchmark.main(['--configs', 'tiny-65-k1', '--train-batch', '2', '--repeats', '1',
