@@ -8,8 +8,8 @@ value found and the value expected, e.g.
       dataset.fold: got 4, expected an int in [0, 4)
 
 Unknown keys (a mistyped field in a config file, which ConfigDict silently accepts) are found
-by comparing with the reference config, `mmnet_jax/default_config.py` unless another is given. Only the
-fields a run reads are checked; a field that is absent is left to its reader.
+by comparing with the reference config, `mmnet_jax/default_config.py` unless another is given.
+Only the fields a run reads are checked; a field that is absent is left to its reader.
 """
 
 from __future__ import annotations
@@ -109,9 +109,8 @@ def problems(config, reference=None, num_devices: int | None = None) -> list[str
 
   c = _Checker(config)
   ref = default_reference() if reference is None else reference
-  if ref is not None:
-    for key in unknown_keys(config, ref):
-      c.problems.append(f'{key}: unknown key (not in the reference config; mistyped?)')
+  for key in unknown_keys(config, ref):
+    c.problems.append(f'{key}: unknown key (not in the reference config; mistyped?)')
 
   c.int_at_least('seed', 0)
   c.int_at_least('shots', 1)

@@ -411,7 +411,8 @@ def eval_results_path(workdir: str, config: ml_collections.ConfigDict) -> str:
   """A new file for one `--mode=eval`: `evals/<UTC time>_<protocol>_<K>shot.json` (a counter
   is added if that name exists), so no evaluation overwrites another's or the training's."""
   import time
-  stem = f'{time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())}_{config.eval.protocol}_{config.shots}shot'
+  when = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
+  stem = f'{when}_{config.eval.protocol}_{config.shots}shot'
   path = os.path.join(workdir, EVALS_DIR, stem + '.json')
   n = 1
   while os.path.exists(path):
@@ -448,18 +449,17 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
                  fold=config.dataset.fold, shots=config.shots,
                  episodes_file=files[0] if len(files) == 1 else files)
   if jax.process_index() == 0:
-    if results_file is None:
+    if results_file is None:   # its own file, and the same under the stable latest name
       own = eval_results_path(workdir, config)
       results['results_file'] = os.path.relpath(own, workdir)
-      workdir_io.write_json_atomic(own, results)
-      workdir_io.write_json_atomic(os.path.join(workdir, LATEST_EVAL_FILE), results)
+      paths = [own, os.path.join(workdir, LATEST_EVAL_FILE)]
     else:
-      workdir_io.write_json_atomic(os.path.join(workdir, results_file), results)
+      paths = [os.path.join(workdir, results_file)]
+    for path in paths:
+      workdir_io.write_json_atomic(path, results)
     visualize.plot_run(workdir)
     print(format_results(results), flush=True)
-    if results_file is None:
-      print(f'wrote {os.path.join(workdir, results["results_file"])} (latest: '
-            f'{os.path.join(workdir, LATEST_EVAL_FILE)})', flush=True)
+    print(f'wrote {" and ".join(paths)}', flush=True)
   return results
 
 

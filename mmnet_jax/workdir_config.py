@@ -3,8 +3,8 @@
 `python main.py --mode=eval --workdir=DIR` (and `--mode=predict`) without `--config` uses
 `DIR/config.json`, which training writes: main.py passes `--config=<this file>:DIR`, so the
 usual `--config.eval.protocol=hsnet` overrides still apply on top of it. Fields added to the
-library since the run was recorded take their defaults (`mmnet_jax/default_config.py`), so an older
-workdir still evaluates and its new fields can be overridden.
+library since the run was recorded take their defaults (`mmnet_jax/default_config.py`), so an
+older workdir still evaluates and its new fields can be overridden.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from absl import logging
 import ml_collections
 
 from mmnet_jax import default_config
+from mmnet_jax import workdir_io
 
-CONFIG_FILE = 'config.json'
+CONFIG_FILE = workdir_io.CONFIG_FILE
 
 
 def _tuples(value):

@@ -15,6 +15,7 @@ import time
 import ml_collections
 
 LOCK_FILE = 'run.lock'
+CONFIG_FILE = 'config.json'   # read back by workdir_config for eval and predict
 
 
 def _umask() -> int:
@@ -45,7 +46,7 @@ def write_json_atomic(path: str, obj) -> None:
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Records the run's config as JSON in the workdir."""
-  write_json_atomic(os.path.join(workdir, 'config.json'), config.to_dict())
+  write_json_atomic(os.path.join(workdir, CONFIG_FILE), config.to_dict())
 
 
 def check_fingerprint(meta: dict, expected: dict, where: str) -> None:

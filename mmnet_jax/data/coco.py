@@ -40,7 +40,6 @@ import numpy as np
 from pycocotools import mask as mask_utils
 import tensorflow_datasets as tfds
 
-from mmnet_jax.data import build_lock
 from mmnet_jax.data import datasets
 from mmnet_jax.data import image_io
 
@@ -375,25 +374,9 @@ def build(manual_dir, data_dir, list_file='', val_list_file=''):
       lists={s: (None if v is None else tuple(v)) for s, v in lists.items()},
       list_paths={'train': list_file, 'val': val_list_file or list_file},
       description=f'COCO-20i, {source} lists')
-
-  def make():
-    return Coco20i(config=config, data_dir=data_dir, file_format='array_record')
-
-  builder = make()
-
-  def prepare():
-    check_manual_dir(manual_dir)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=manual_dir, try_download_gcs=False,
-        compute_stats=tfds.download.ComputeStatsMode.SKIP))
-    datasets.record_build_source(builder, manual_dir)
-
-  # Under the dataset's lock: concurrent first runs build once, the others wait and read it.
-  if build_lock.prepare_once(builder, prepare):
-    return builder, True
-  builder = make()   # prepared before, or meanwhile by another process: its info from disk
-  datasets.check_build_source(builder, manual_dir)
-  return builder, False
+  return datasets.build_from_downloads(
+      lambda: Coco20i(config=config, data_dir=data_dir, file_format='array_record'),
+      manual_dir, lambda: check_manual_dir(manual_dir))
 
 
 def open_split(manual_dir, split, data_dir, list_file='', val_list_file='', pool_options=None):

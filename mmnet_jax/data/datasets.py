@@ -314,6 +314,32 @@ def check_build_source(builder, manual_dir):
         f'{os.fspath(builder.data_path)} to rebuild.')
 
 
+def build_from_downloads(make, manual_dir, check_inputs):
+  """Builds a dataset from the user's downloads once, under its build lock (`build_lock`):
+  concurrent first runs build once, the others wait and read it. Returns (builder,
+  was_built_now).
+
+  `make()` returns a fresh builder; `check_inputs()` runs before a build (missing files are
+  named before TFDS starts). A build made from another `manual_dir` is refused.
+  """
+  import tensorflow_datasets as tfds
+  from mmnet_jax.data import build_lock
+  builder = make()
+
+  def prepare():
+    check_inputs()
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir, try_download_gcs=False,
+        compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    record_build_source(builder, manual_dir)
+
+  if build_lock.prepare_once(builder, prepare):
+    return builder, True
+  builder = make()   # prepared before, or meanwhile by another process: its info from disk
+  check_build_source(builder, manual_dir)
+  return builder, False
+
+
 def open_image(path):
   """PIL.Image.open(path), with a file that is not an image reported as a ValueError naming it."""
   from PIL import Image

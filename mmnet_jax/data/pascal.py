@@ -35,7 +35,6 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from mmnet_jax.data import build_lock
 from mmnet_jax.data import datasets
 from mmnet_jax.data import image_io
 
@@ -305,25 +304,9 @@ def build(manual_dir, data_dir, list_file='', val_list_file=''):
   config = Pascal5iConfig(name=config_name(source, lists),
                           lists={s: tuple(v) for s, v in lists.items()},
                           description=f'PASCAL-5i, {source} lists')
-
-  def make():
-    return Pascal5i(config=config, data_dir=data_dir, file_format='array_record')
-
-  builder = make()
-
-  def prepare():
-    check_files(voc, lists)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=manual_dir, try_download_gcs=False,
-        compute_stats=tfds.download.ComputeStatsMode.SKIP))
-    datasets.record_build_source(builder, manual_dir)
-
-  # Under the dataset's lock: concurrent first runs build once, the others wait and read it.
-  if build_lock.prepare_once(builder, prepare):
-    return builder, True
-  builder = make()   # prepared before, or meanwhile by another process: its info from disk
-  datasets.check_build_source(builder, manual_dir)
-  return builder, False
+  return datasets.build_from_downloads(
+      lambda: Pascal5i(config=config, data_dir=data_dir, file_format='array_record'),
+      manual_dir, lambda: check_files(voc, lists))
 
 
 def open_split(manual_dir, split, data_dir, list_file='', val_list_file='', pool_options=None):
