@@ -4,14 +4,14 @@ A trained model must beat both clearly on the held-out classes; otherwise the da
 shortcut (everything textured is foreground, or the class is given away by its colour).
 
 Inputs are ONE episode as in an episode batch row (docs/architecture.md): images float32
-(H, W, 3) normalised with `datasets.IMAGENET_MEAN` / `IMAGENET_STD` on 0-255 (pass
+(H, W, 3) normalised with `conventions.IMAGENET_MEAN` / `IMAGENET_STD` on 0-255 (pass
 `normalized=False` for raw 0-255 RGB), labels with 0 background, 1 the episode's class and 255
 ignore. Predictions are int32 (H, W) in {0, 1}.
 """
 
 import numpy as np
 
-from mmnet_jax.data import datasets
+from mmnet_jax import conventions
 
 
 def all_foreground(query_img, support_imgs, support_labels):
@@ -25,7 +25,7 @@ def all_foreground(query_img, support_imgs, support_labels):
 
 def _bin_index(images, bins, normalized):
   """Joint RGB bin of every pixel: (...,) int in [0, bins**3)."""
-  rgb = datasets.denormalize_image(images) if normalized else np.asarray(images, np.float32)
+  rgb = conventions.denormalize_image(images) if normalized else np.asarray(images, np.float32)
   q = np.clip((rgb * (bins / 256.0)).astype(np.int64), 0, bins - 1)  # (..., 3)
   return (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
 

@@ -92,19 +92,20 @@ def usable_pool(split, classes, config, shots):
 
 def input_rates(config, args) -> dict:
   """Episodes/s of the train (1- and 5-shot) and eval (1-shot) pipelines."""
+  from mmnet_jax.data import dataset_registry
   from mmnet_jax.data import datasets
   from mmnet_jax.data import episodes as episodes_lib
   from mmnet_jax.data import pipeline
   train_classes, test_classes = datasets.fold_classes('synthetic', config.dataset.fold)
   out = {}
-  train_split = datasets.open_split(config.dataset, 'train')
+  train_split = dataset_registry.open_split(config.dataset, 'train')
   for shots in (1, 5):
     c = config.copy_and_resolve_references()
     c.shots = shots
     pool = usable_pool(train_split, train_classes, c, shots)
     stream = pipeline.train_dataset(pool, c, host_batch_size=args.batch_size)
     out[f'train_{shots}shot'] = time_stream(stream, args.batches, args.batch_size)
-  val = datasets.open_split(config.dataset, 'val')
+  val = dataset_registry.open_split(config.dataset, 'val')
   pool = usable_pool(val, test_classes, config, 1)
   episode_list = episodes_lib.eval_episodes(pool, 1, (args.batches + 1) * args.batch_size, 0)
   stream = pipeline.eval_dataset(val, episode_list, config, host_batch_size=args.batch_size)
@@ -151,10 +152,10 @@ def run(args) -> dict:
   with tempfile.TemporaryDirectory(prefix='mmnet_bench_') as tmp:
     data_dir = args.data_dir or tmp
     config = make_config(args, data_dir)
-    from mmnet_jax.data import datasets
+    from mmnet_jax.data import dataset_registry
     start = time.perf_counter()
-    datasets.open_split(config.dataset, 'train')
-    datasets.open_split(config.dataset, 'val')
+    dataset_registry.open_split(config.dataset, 'train')
+    dataset_registry.open_split(config.dataset, 'val')
     build_seconds = time.perf_counter() - start
     results = {
         'size': args.size, 'batch_size': args.batch_size,

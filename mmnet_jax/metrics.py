@@ -18,11 +18,12 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-IGNORE_LABEL = 255
+from mmnet_jax import conventions
+
 
 
 def intersection_union(pred: np.ndarray, label: np.ndarray,
-                       ignore_label: int = IGNORE_LABEL) -> tuple[np.ndarray, np.ndarray]:
+                       ignore_label: int = conventions.IGNORE_LABEL) -> tuple[np.ndarray, np.ndarray]:
   """Background/foreground intersection and union of one binary prediction.
 
   Args:

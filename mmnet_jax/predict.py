@@ -8,7 +8,7 @@ evaluation would score for the same episode:
   (align corners) to a square of side max(h, w) and cropped to the query's (h, w)
   (`evaluate.canvas_prediction`; with eval.resize='test_resize' a small query is cropped from
   the canvas unscaled).
-* 'hsnet': image and masks stretched to the protocol's square (`evaluate.stretch_pair`); the
+* 'hsnet': image and masks stretched to the protocol's square (`stretch_batches.stretch_pair`); the
   logit difference is upsampled (align corners) to (h, w).
 
 Masks are image files: nonzero pixels are the foreground, or, with `mask_class=N`, pixels equal
@@ -27,8 +27,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from mmnet_jax import conventions
 from mmnet_jax.data import augment
 from mmnet_jax.data import image_io
+from mmnet_jax.data import stretch_batches
 
 OVERLAY_SUFFIX = '_overlay'
 OVERLAY_COLOR = np.array([255, 40, 40], np.float32)   # red foreground tint
@@ -81,7 +83,7 @@ def load_mask(path: str, mask_class: int | None = None, what: str = 'mask') -> n
     fg = values.any(axis=-1) if values.ndim == 3 else values != 0
     return fg.astype(np.uint8)
   label = (values == mask_class).astype(np.uint8)
-  label[values == augment.IGNORE_LABEL] = augment.IGNORE_LABEL
+  label[values == conventions.IGNORE_LABEL] = conventions.IGNORE_LABEL
   return label
 
 
@@ -119,11 +121,10 @@ def prepare_inputs(config: ml_collections.ConfigDict, support_images: Sequence[n
 
 def _input_transform(config: ml_collections.ConfigDict):
   """(image, mask) -> (model image, model label) of config.eval.protocol's input transform."""
-  from mmnet_jax import evaluate
   from mmnet_jax import protocols
   resolved = protocols.resolve(config)
   if resolved.scoring != 'original':
-    return lambda image, mask: evaluate.stretch_pair(image, mask, resolved.input_size)
+    return lambda image, mask: stretch_batches.stretch_pair(image, mask, resolved.input_size)
   size, fill = resolved.input_size, resolved.pad_fill or 'black'
   return lambda image, mask: augment.eval_resize(image, mask, size, fill, resolved.resize)[:2]
 

@@ -62,6 +62,7 @@ from typing import Mapping
 from mmnet_jax import metrics
 from mmnet_jax.data import augment
 from mmnet_jax.data import episodes as episodes_lib
+from mmnet_jax.data import stretch_batches
 
 # BAM test.py: setup_seed(123); np.random.randint(0, 1000, 5) with numpy's legacy generator.
 BAM_SEEDS = (510, 365, 382, 322, 988)
@@ -70,7 +71,7 @@ SCORINGS = ('original', 'stretch', 'stretch_original')
 # HSNet stretches to 400x400; this model's inputs must be 8k + 1 (stride-8 features with
 # align-corners resizes), so the nearest such side, 401 (0.25% larger), is the protocol's.
 HSNET_STRETCH = 401
-VOID_LABELS = ('ignore', 'background')
+VOID_LABELS = stretch_batches.VOID_LABELS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,6 +34,7 @@ from mmnet_jax import config_checks
 from mmnet_jax import evaluate
 from mmnet_jax import sharding
 from mmnet_jax import workdir_io
+from mmnet_jax.data import dataset_registry
 from mmnet_jax.data import datasets
 from mmnet_jax.data import episodes
 from mmnet_jax.data import pipeline
@@ -361,7 +362,7 @@ def _train_locked(config, workdir, mesh, stop: StopSignals) -> dict:
   train_classes, test_classes = datasets.fold_classes(
       config.dataset.name, config.dataset.fold, config.dataset.num_folds,
       coco_convention=config.dataset.coco_convention)
-  train_split = datasets.open_split(config.dataset, 'train')
+  train_split = dataset_registry.open_split(config.dataset, 'train')
   pool = episodes.build_pool(train_split, train_classes,
                              min_class_pixels=config.dataset.min_class_pixels,
                              filter_intersection=config.dataset.filter_intersection)

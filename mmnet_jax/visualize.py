@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from mmnet_jax.data import augment
+from mmnet_jax import conventions
 
 PICTURES_DIR = 'pictures'
 TENSORBOARD_DIR = 'tensorboard'
@@ -47,8 +47,8 @@ _MIN_PANEL, _MAX_PANEL = 256, 480
 
 
 def denormalise(image: np.ndarray) -> np.ndarray:
-  """uint8 (H, W, 3) RGB from a normalised float image (inverse of augment.normalise)."""
-  return np.clip(np.round(np.asarray(image) * augment.STD + augment.MEAN), 0, 255).astype(
+  """uint8 (H, W, 3) RGB from a normalised float image (inverse of conventions.normalize_image)."""
+  return np.clip(np.round(conventions.denormalize_image(image)), 0, 255).astype(
       np.uint8)
 
 
@@ -70,7 +70,7 @@ def tint(image: np.ndarray, label: np.ndarray | None, color, alpha: float = 0.5,
   """
   out = np.asarray(image, np.float32).copy()
   if label is not None:
-    fg, ignore = label == 1, label == augment.IGNORE_LABEL
+    fg, ignore = label == 1, label == conventions.IGNORE_LABEL
     out[fg] = (1 - alpha) * out[fg] + alpha * np.asarray(color, np.float32)
     out[ignore] = 0.5 * out[ignore] + 0.5 * IGNORE_COLOR
     if edge > 0:
@@ -138,8 +138,8 @@ def episode_grid(batch: dict, row: int, logit_diff: np.ndarray) -> np.ndarray:
   side = panel_side(batch['query_img'].shape[1])
   label = np.asarray(batch['query_label'][row])
   pred = (np.asarray(logit_diff) > 0).astype(np.uint8)
-  pred[label == augment.IGNORE_LABEL] = augment.IGNORE_LABEL   # padding: not predicted
-  valid = label != augment.IGNORE_LABEL
+  pred[label == conventions.IGNORE_LABEL] = conventions.IGNORE_LABEL   # padding: not predicted
+  valid = label != conventions.IGNORE_LABEL
   inter = np.sum((pred == 1) & (label == 1))
   union = np.sum(((pred == 1) | (label == 1)) & valid)
   iou = f'{100 * inter / union:.0f}' if union else '-'

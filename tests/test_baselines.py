@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from mmnet_jax import baselines
+from mmnet_jax import conventions
 from mmnet_jax.data import datasets
 from mmnet_jax.data import episodes
 from mmnet_jax.data import synthetic
@@ -30,8 +31,8 @@ def test_histogram_finds_red_square():
   support, s_label = _square_episode(rng, (230, 10, 10))
   query, q_label = _square_episode(rng, (230, 10, 10), lo=5, hi=25)
   s_label[0, :] = 255  # an ignored row must not break anything
-  pred = baselines.histogram_matching(datasets.normalize_image(query),
-                                      datasets.normalize_image(support)[None], s_label[None])
+  pred = baselines.histogram_matching(conventions.normalize_image(query),
+                                      conventions.normalize_image(support)[None], s_label[None])
   assert pred.shape == (48, 48) and pred.dtype == np.int32
   assert _iou(pred, q_label) == 1.0
   # Raw 0-255 input gives the same answer.
@@ -88,7 +89,7 @@ def honesty_check(num_episodes=200, fold=0, num_images=400, min_class_pixels=200
     q, s = rng.choice(pool[c], size=2, replace=False)
     q_img, q_lab = examples[q][0], episodes.binarise(examples[q][1], c)
     s_img, s_lab = examples[s][0], episodes.binarise(examples[s][1], c)
-    args = (datasets.normalize_image(q_img), datasets.normalize_image(s_img)[None], s_lab[None])
+    args = (conventions.normalize_image(q_img), conventions.normalize_image(s_img)[None], s_lab[None])
     for name, fn in (('all_fg', baselines.all_foreground),
                      ('histogram', baselines.histogram_matching)):
       pred = fn(*args)

@@ -16,6 +16,7 @@ from mmnet_jax import sharding
 from mmnet_jax import train
 from mmnet_jax.data import datasets
 from mmnet_jax.data import pipeline
+from mmnet_jax.data import stretch_batches
 from mmnet_jax.data import episodes as ep
 from mmnet_jax.models import mmnet
 from tests.data.test_episodes import make_split
@@ -127,7 +128,7 @@ def toy_split():
 def test_stretch_batch_and_perfect_prediction_scores_100(original):
   split = toy_split()
   episodes = [ep.Episode(0, 3, (1,)), ep.Episode(1, 3, (2, )), ep.Episode(2, 3, (0,))]
-  batch = evaluate.stretch_eval_batch(split, episodes, 16, 64, original, [0, 1, 2, 3])
+  batch = stretch_batches.stretch_eval_batch(split, episodes, 16, 64, original, [0, 1, 2, 3])
   assert batch['query_img'].shape == (4, 16, 16, 3)
   assert batch['valid'].tolist() == [True, True, True, False]
   expected_hw = [(30, 50), (40, 20), (36, 36)] if original else [(16, 16)] * 3
@@ -204,7 +205,7 @@ def test_hsnet_coco_scores_void_pixels_as_background(original):
   episode = [ep.Episode(0, 3, (0,))]
   scores = {}
   for void in ('ignore', 'background'):
-    batch = evaluate.stretch_eval_batch(split, episode, 24, 32, original, [0], void)
+    batch = stretch_batches.stretch_eval_batch(split, episode, 24, 32, original, [0], void)
     diff = np.where(label[None] > 0, 1.0, -1.0)   # foreground on the class and on the ring
     totals = evaluate.score_batch(metrics.SegmentationTotals(), batch, diff)
     scores[void] = totals.class_inter[3] / totals.class_union[3]

@@ -79,12 +79,12 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_processes_train_identically_and_count_each_episode_once(tmp_path):
   from mmnet_jax import evaluate
-  from mmnet_jax.data import datasets
+  from mmnet_jax.data import dataset_registry
   data_dir, workdir, out = str(tmp_path / 'tfds'), str(tmp_path / 'run'), str(tmp_path / 'out')
   os.makedirs(out)
   config = _config(data_dir)
   for split in ('train', 'val'):   # build once here: two children must not race to build it
-    datasets.open_split(config.dataset, split)
+    dataset_registry.open_split(config.dataset, split)
 
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
@@ -159,8 +159,8 @@ def test_eval_and_predict_beside_a_training_run_leave_it_bitwise_equal(tmp_path,
   reader.eval.select_on = 'last'   # the latest checkpoint: the one being replaced every step
   reader.eval.pictures = 0
   reader.dataset.synthetic.num_val = 120   # the writer's 24 val images are too few to evaluate
-  from mmnet_jax.data import datasets
-  datasets.open_split(reader.dataset, 'val')   # built before the race starts
+  from mmnet_jax.data import dataset_registry
+  dataset_registry.open_split(reader.dataset, 'val')   # built before the race starts
   image, mask = tmp_path / 'img.png', tmp_path / 'mask.png'
   Image.fromarray(np.full((40, 48, 3), 120, np.uint8)).save(image)
   m = np.zeros((40, 48), np.uint8)

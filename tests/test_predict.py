@@ -21,6 +21,7 @@ from mmnet_jax.data import augment
 from mmnet_jax.data import datasets
 from mmnet_jax.data import episodes
 from mmnet_jax.data import pipeline
+from mmnet_jax.data import stretch_batches
 from mmnet_jax.models import mmnet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -234,7 +235,7 @@ def test_predict_follows_the_protocols_transform_and_scoring(config, workdir, vo
       class_areas=({PERSON: 1}, {PERSON: 1}), load=lambda i: images[i])
   episode = episodes.Episode(query_index=1, class_id=PERSON, support_indices=(0,))
   if 'protocol' in fields:
-    batch = evaluate.stretch_eval_batch(split, [episode], 65, 512,
+    batch = stretch_batches.stretch_eval_batch(split, [episode], 65, 512,
                                         fields.get('hsnet_original_size', False), [0])
   else:
     batch = pipeline.eval_batch(split, [episode], c, [0])

@@ -14,6 +14,7 @@ from configs import synth_1shot
 from mmnet_jax import cli
 from mmnet_jax import evaluate
 from mmnet_jax import train
+from mmnet_jax.data import dataset_registry
 from mmnet_jax.data import datasets
 from mmnet_jax.data import episodes
 from mmnet_jax.data import pipeline
@@ -40,7 +41,7 @@ def config(tmp_path_factory):
 def test_loss_falls_on_a_fixed_batch(config):
   model = mmnet.build_model(config.model)
   train_classes, _ = datasets.fold_classes('synthetic', config.dataset.fold)
-  pool = pipeline.train_pool(datasets.open_split(config.dataset, 'train'), train_classes, config)
+  pool = pipeline.train_pool(dataset_registry.open_split(config.dataset, 'train'), train_classes, config)
   batch = next(pipeline.train_dataset(pool, config, host_batch_size=config.train.batch_size))
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
   state, tx = train.create_state(model, config, total_steps=100)
@@ -65,7 +66,7 @@ def test_train_then_eval_from_checkpoint_gives_the_same_numbers(config, tmp_path
   assert saved['episodes'] == config.eval.num_episodes
   assert saved['checkpoint'] == 'best'
   # The saved episode list is the one evaluated.
-  split = datasets.open_split(config.dataset, 'val')
+  split = dataset_registry.open_split(config.dataset, 'val')
   eps, meta = episodes.load_episodes(os.path.join(workdir, 'eval_episodes.json'), split)
   assert len(eps) == config.eval.num_episodes and meta['seed'] == config.eval.seed
 

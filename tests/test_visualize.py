@@ -8,11 +8,11 @@ from PIL import Image
 import pytest
 
 from configs import synth_1shot
+from mmnet_jax import conventions
 from mmnet_jax import evaluate
 from mmnet_jax import train
 from mmnet_jax import visualize
 from mmnet_jax import workdir_io
-from mmnet_jax.data import augment
 from mmnet_jax.data import datasets
 from mmnet_jax.models import mmnet
 
@@ -76,7 +76,7 @@ def _green_episode(size=33):
   label[:, :, 30:] = 255
   green = np.zeros((size, size, 3), np.float32)
   green[..., 1] = 200
-  image = augment.normalise(green)
+  image = conventions.normalize_image(green)
   return {'query_img': image[None], 'query_label': label, 'support_imgs': image[None, None],
           'support_labels': label[:, None], 'class_id': np.array([3]), 'valid': np.array([True])}
 
@@ -150,7 +150,7 @@ def test_max_episodes_zero_writes_nothing(tmp_path):
 
 def test_denormalise_inverts_normalise():
   image = np.random.default_rng(1).integers(0, 256, (5, 7, 3)).astype(np.uint8)
-  assert np.array_equal(visualize.denormalise(augment.normalise(image.astype(np.float32))),
+  assert np.array_equal(visualize.denormalise(conventions.normalize_image(image.astype(np.float32))),
                         image)
 
 

@@ -34,9 +34,8 @@ import math
 
 import numpy as np
 
-MEAN = np.array([123.675, 116.28, 103.53], np.float32)  # ImageNet mean * 255
-STD = np.array([58.395, 57.12, 57.375], np.float32)  # ImageNet std * 255
-IGNORE_LABEL = 255
+from mmnet_jax import conventions
+
 _BLUR_KERNEL = np.array([1, 4, 6, 4, 1], np.float32) / 16  # cv2.getGaussianKernel(5, 0)
 
 
@@ -56,11 +55,6 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
 def _check_pair(image: np.ndarray, label: np.ndarray) -> None:
   if label.ndim != 2 or image.shape[:2] != label.shape:
     raise ValueError(f'image {image.shape} and label {label.shape} sizes differ')
-
-
-def normalise(image: np.ndarray) -> np.ndarray:
-  """(x - mean) / std on RGB 0-255, float32."""
-  return (image - MEAN) / STD
 
 
 def _linear_taps(src: int, dst: int, scale: float):
@@ -170,9 +164,9 @@ def pad_to(image: np.ndarray, label: np.ndarray, size: int):
     return image, label
   top, left = pad_h // 2, pad_w // 2
   out_img = np.empty((h + pad_h, w + pad_w, 3), np.float32)
-  out_img[...] = MEAN
+  out_img[...] = conventions.IMAGENET_MEAN
   out_img[top:top + h, left:left + w] = image
-  out_lbl = np.full((h + pad_h, w + pad_w), IGNORE_LABEL, label.dtype)
+  out_lbl = np.full((h + pad_h, w + pad_w), conventions.IGNORE_LABEL, label.dtype)
   out_lbl[top:top + h, left:left + w] = label
   return out_img, out_lbl
 
@@ -221,14 +215,14 @@ def train_transform(image: np.ndarray, label: np.ndarray, rng: np.random.Generat
   if rng.random() < 0.5:
     angle = -rotate_deg + 2 * rotate_deg * rng.random()
     matrix = rotation_matrix(out_w / 2, out_h / 2, angle)
-    image = warp_affine_bilinear(image, matrix, MEAN)
-    label = warp_affine_nearest(label, matrix, IGNORE_LABEL)
+    image = warp_affine_bilinear(image, matrix, conventions.IMAGENET_MEAN)
+    label = warp_affine_nearest(label, matrix, conventions.IGNORE_LABEL)
   if rng.random() < 0.5:
     image = gaussian_blur5(image)
   if rng.random() < 0.5:
     image, label = image[:, ::-1], label[:, ::-1]
   image, label = random_crop(image, label, crop_size, rng)
-  return normalise(image).astype(np.float32), np.ascontiguousarray(label)
+  return conventions.normalize_image(image).astype(np.float32), np.ascontiguousarray(label)
 
 
 EVAL_RESIZES = ('resize', 'test_resize')   # PFENet transform.Resize, transform.test_Resize
@@ -281,11 +275,11 @@ def eval_resize(image: np.ndarray, label: np.ndarray, size: int, fill: str = 'bl
   if min(new_h, new_w) < 1:
     raise ValueError(f'image {h}x{w} is too elongated to resize to {size}')
   canvas = np.zeros((size, size, 3), np.float32) if fill == 'black' else np.tile(
-      MEAN, (size, size, 1))
+      conventions.IMAGENET_MEAN, (size, size, 1))
   canvas[:new_h, :new_w] = resize_bilinear(image, new_h, new_w)
-  out_label = np.full((size, size), IGNORE_LABEL, np.uint8)
+  out_label = np.full((size, size), conventions.IGNORE_LABEL, np.uint8)
   out_label[:new_h, :new_w] = resize_nearest(label, new_h, new_w)
   side = max(h, w)
-  original = np.full((side, side), IGNORE_LABEL, np.uint8)
+  original = np.full((side, side), conventions.IGNORE_LABEL, np.uint8)
   original[:h, :w] = label
-  return normalise(canvas), out_label, original
+  return conventions.normalize_image(canvas), out_label, original

@@ -40,7 +40,9 @@ import numpy as np
 from pycocotools import mask as mask_utils
 import tensorflow_datasets as tfds
 
+from mmnet_jax import conventions
 from mmnet_jax.data import datasets
+from mmnet_jax.data import episodes
 from mmnet_jax.data import image_io
 
 NUM_CLASSES = 80
@@ -48,7 +50,6 @@ NUM_CLASSES = 80
 CATEGORY_IDS = tuple(i for i in range(1, 91)
                      if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
 SPLIT_DIRS = {'train': 'train2014', 'val': 'val2014'}
-IGNORE = 255
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Put the official COCO 2014 downloads under `manual_dir` (steps and counts: docs/data.md):
@@ -139,7 +140,7 @@ def paint_label(annotations, height, width, cat_map):
   for ann in annotations:
     m = annotation_mask(ann['segmentation'], height, width)
     if ann.get('iscrowd', 0):
-      label[m] = IGNORE
+      label[m] = conventions.IGNORE_LABEL
     else:
       instances.append((-int(m.sum()), int(ann['id']), cat_map[int(ann['category_id'])], m))
   for _, _, cls, m in sorted(instances, key=lambda t: t[:2]):  # larger first, then by id
@@ -384,11 +385,11 @@ def open_split(manual_dir, split, data_dir, list_file='', val_list_file='', pool
 
   Rows follow the list order (file-name order by default). Once built, `manual_dir` is not
   read again (only compared with the one recorded at build time). After a fresh build the
-  per-fold pool sizes of both splits are printed (`datasets.print_pool_sizes`).
+  per-fold pool sizes of both splits are printed (`episodes.print_pool_sizes`).
   """
   builder, built = build(manual_dir, data_dir, list_file, val_list_file)
   if built:
     for s in datasets.SPLITS:
-      datasets.print_pool_sizes(datasets.split_from_tfds(builder, 'coco', s), 'coco',
+      episodes.print_pool_sizes(datasets.split_from_tfds(builder, 'coco', s), 'coco',
                                 **(pool_options or {}))
   return datasets.split_from_tfds(builder, 'coco', split)

@@ -1,6 +1,6 @@
-"""The dataset interface (`FewShotSplit`), fold class lists and the dataset registry.
+"""The dataset interface (`FewShotSplit`), fold class lists and what the TFDS builders share.
 
-`open_split(dataset_config, split)` reads these fields of `dataset_config` (a ConfigDict or any
+`dataset_registry.open_split(dataset_config, split)` reads these fields of `dataset_config` (a ConfigDict or any
 object with attributes; missing optional fields take the defaults shown):
 
   name          'synthetic', 'pascal' (PASCAL-5i) or 'coco' (COCO-20i).
@@ -35,10 +35,6 @@ import os
 from typing import Callable
 
 import numpy as np
-
-# ImageNet statistics on the 0-255 scale; every normalisation in the project uses these.
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 
 NUM_CLASSES = {'synthetic': 40, 'pascal': 20, 'coco': 80}
 COCO_CONVENTIONS = ('interleaved', 'consecutive')
@@ -94,106 +90,6 @@ def fold_classes(name, fold, num_folds=4, coco_convention='interleaved'):
     test = tuple(range(per_fold * fold + 1, per_fold * (fold + 1) + 1))
   train = tuple(c for c in range(1, n + 1) if c not in test)
   return train, test
-
-
-def normalize_image(image):
-  """uint8/float RGB (..., 3) on 0-255 -> float32 normalised with IMAGENET_MEAN/STD."""
-  mean = np.asarray(IMAGENET_MEAN, np.float32)
-  std = np.asarray(IMAGENET_STD, np.float32)
-  return (np.asarray(image, np.float32) - mean) / std
-
-
-def denormalize_image(image):
-  """Inverse of `normalize_image`: float32 on 0-255."""
-  mean = np.asarray(IMAGENET_MEAN, np.float32)
-  std = np.asarray(IMAGENET_STD, np.float32)
-  return np.asarray(image, np.float32) * std + mean
-
-
-def _field(cfg, key, default):
-  value = getattr(cfg, key, default)
-  return default if value is None else value
-
-
-def synthetic_config_from(dataset_config):
-  """The `synthetic.SyntheticConfig` described by a dataset config's generator fields."""
-  from mmnet_jax.data import synthetic
-  defaults = synthetic.SyntheticConfig()
-  dataset_config = getattr(dataset_config, 'synthetic', None) or dataset_config
-  kwargs = {f.name: int(_field(dataset_config, f.name, getattr(defaults, f.name)))
-            for f in dataclasses.fields(synthetic.SyntheticConfig)}
-  return synthetic.SyntheticConfig(**kwargs)
-
-
-def default_data_dir():
-  """TFDS's default data directory (~/tensorflow_datasets unless TFDS_DATA_DIR is set)."""
-  return os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
-
-
-def _open_synthetic(dataset_config, split):
-  from mmnet_jax.data import synthetic_tfds
-  data_dir = _field(dataset_config, 'data_dir', None) or default_data_dir()
-  return synthetic_tfds.open_split(synthetic_config_from(dataset_config), split, data_dir)
-
-
-def _open_pascal(dataset_config, split):
-  from mmnet_jax.data import pascal
-  return pascal.open_split(
-      manual_dir=_field(dataset_config, 'manual_dir', ''), split=split,
-      data_dir=_field(dataset_config, 'data_dir', None) or default_data_dir(),
-      list_file=_field(dataset_config, 'list_file', ''),
-      val_list_file=_field(dataset_config, 'val_list_file', ''),
-      pool_options=_pool_options(dataset_config))
-
-
-def _open_coco(dataset_config, split):
-  from mmnet_jax.data import coco
-  return coco.open_split(
-      manual_dir=_field(dataset_config, 'manual_dir', ''), split=split,
-      data_dir=_field(dataset_config, 'data_dir', None) or default_data_dir(),
-      list_file=_field(dataset_config, 'list_file', ''),
-      val_list_file=_field(dataset_config, 'val_list_file', ''),
-      pool_options=_pool_options(dataset_config))
-
-
-def _pool_options(dataset_config):
-  return dict(num_folds=int(_field(dataset_config, 'num_folds', 4)),
-              coco_convention=_field(dataset_config, 'coco_convention', 'interleaved'),
-              min_class_pixels=int(_field(dataset_config, 'min_class_pixels', 2048)))
-
-
-_REGISTRY = {
-    'synthetic': _open_synthetic,
-    'pascal': _open_pascal,
-    'coco': _open_coco,
-}
-
-
-def pool_sizes(split, name, num_folds=4, coco_convention='interleaved', min_class_pixels=2048):
-  """{fold: number of pool images} of `split` (train: base classes, val: novel classes).
-
-  Uses `episodes.build_pool` (PFENet rule, no intersection filter); a fold whose pool is empty
-  gets 0.
-  """
-  from mmnet_jax.data import episodes
-  sizes = {}
-  for fold in range(num_folds):
-    train, test = fold_classes(name, fold, num_folds, coco_convention)
-    try:
-      pool = episodes.build_pool(split, train if split.split == 'train' else test,
-                                 min_class_pixels)
-      sizes[fold] = len(pool)
-    except ValueError:
-      sizes[fold] = 0
-  return sizes
-
-
-def print_pool_sizes(split, name, **pool_options):
-  """Prints one line with the per-fold pool sizes of `split` (shown after a dataset build)."""
-  sizes = pool_sizes(split, name, **pool_options)
-  opts = ', '.join(f'{k}={v}' for k, v in pool_options.items())
-  print(f'{name}/{split.split}: {len(split)} images; pool sizes per fold '
-        f'{[sizes[f] for f in sorted(sizes)]} ({opts})', flush=True)
 
 
 def fss_features(image_encoding, with_list_index=True):
@@ -376,18 +272,3 @@ def label_class_areas(label, num_classes, where='label'):
     raise ValueError(f'{where}: mask values {bad[:5]} outside 0..{num_classes} and 255 '
                      '(expected a class-index mask)')
   return {c: int(counts[c]) for c in range(1, num_classes + 1) if counts[c]}
-
-
-def open_split(dataset_config, split):
-  """Builds (first use) or finds the dataset and returns one split as a `FewShotSplit`.
-
-  Args:
-    dataset_config: object with a `name` field and the dataset's fields (module docstring).
-    split: 'train' or 'val'.
-  """
-  name = getattr(dataset_config, 'name', None)
-  if name not in _REGISTRY:
-    raise ValueError(f'dataset_config.name must be one of {sorted(_REGISTRY)}, got {name!r}')
-  if split not in SPLITS:
-    raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
-  return _REGISTRY[name](dataset_config, split)

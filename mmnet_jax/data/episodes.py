@@ -31,9 +31,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from mmnet_jax import conventions
+from mmnet_jax.data import datasets
+
 # OSLSM/PFENet small-object rule: a class counts if it survives a 1/32 downsample with > 2 px.
 DEFAULT_MIN_CLASS_PIXELS = 2 * 32 * 32
-IGNORE_LABEL = 255
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +103,7 @@ def build_pool(split, classes: Sequence[int], min_class_pixels: int = DEFAULT_MI
   indices, query_classes = [], []
   support_lists = {c: [] for c in classes}
   for index, areas in enumerate(split.class_areas):
-    present = {int(c) for c, a in areas.items() if a > 0 and int(c) not in (0, IGNORE_LABEL)}
+    present = {int(c) for c, a in areas.items() if a > 0 and int(c) not in (0, conventions.IGNORE_LABEL)}
     if filter_intersection and not present <= class_set:
       continue
     large = [c for c in sorted(present & class_set) if areas[c] >= min_class_pixels]
@@ -295,7 +297,7 @@ def binarise(label: np.ndarray, class_id: int) -> np.ndarray:
   """uint8 label: `class_id` -> 1, 255 stays 255, every other value -> 0."""
   label = np.asarray(label)
   out = (label == class_id).astype(np.uint8)
-  out[label == IGNORE_LABEL] = IGNORE_LABEL
+  out[label == conventions.IGNORE_LABEL] = conventions.IGNORE_LABEL
   return out
 
 
@@ -374,3 +376,28 @@ def load_episodes(path: str, split, shots: int | None = None,
     episodes.append(Episode(query_index=lookup[query_id], class_id=class_id,
                             support_indices=tuple(lookup[s] for s in support_ids)))
   return episodes, dict(record.get('meta', {}))
+
+
+def pool_sizes(split, name, num_folds=4, coco_convention='interleaved', min_class_pixels=2048):
+  """{fold: number of pool images} of `split` (train: base classes, val: novel classes).
+
+  Uses `build_pool` (PFENet rule, no intersection filter); a fold whose pool is empty
+  gets 0.
+  """
+  sizes = {}
+  for fold in range(num_folds):
+    train, test = datasets.fold_classes(name, fold, num_folds, coco_convention)
+    try:
+      pool = build_pool(split, train if split.split == 'train' else test, min_class_pixels)
+      sizes[fold] = len(pool)
+    except ValueError:
+      sizes[fold] = 0
+  return sizes
+
+
+def print_pool_sizes(split, name, **pool_options):
+  """Prints one line with the per-fold pool sizes of `split` (shown after a dataset build)."""
+  sizes = pool_sizes(split, name, **pool_options)
+  opts = ', '.join(f'{k}={v}' for k, v in pool_options.items())
+  print(f'{name}/{split.split}: {len(split)} images; pool sizes per fold '
+        f'{[sizes[f] for f in sorted(sizes)]} ({opts})', flush=True)

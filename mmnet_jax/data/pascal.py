@@ -36,6 +36,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from mmnet_jax.data import datasets
+from mmnet_jax.data import episodes
 from mmnet_jax.data import image_io
 
 NUM_CLASSES = 20
@@ -313,11 +314,11 @@ def open_split(manual_dir, split, data_dir, list_file='', val_list_file='', pool
   """Builds PASCAL-5i on first use and returns `split` as a `datasets.FewShotSplit`.
 
   Rows follow the list order. After a fresh build the per-fold pool sizes of both splits are
-  printed (`datasets.print_pool_sizes` with `pool_options`).
+  printed (`episodes.print_pool_sizes` with `pool_options`).
   """
   builder, built = build(manual_dir, data_dir, list_file, val_list_file)
   if built:
     for s in datasets.SPLITS:
-      datasets.print_pool_sizes(datasets.split_from_tfds(builder, 'pascal', s), 'pascal',
+      episodes.print_pool_sizes(datasets.split_from_tfds(builder, 'pascal', s), 'pascal',
                                 **(pool_options or {}))
   return datasets.split_from_tfds(builder, 'pascal', split)

@@ -49,10 +49,9 @@ from typing import Sequence
 
 import numpy as np
 
+from mmnet_jax import conventions
 from mmnet_jax.data import augment
 from mmnet_jax.data import episodes as episodes_lib
-
-IGNORE = augment.IGNORE_LABEL
 
 _UNBOUNDED_STEPS = 2**62
 REDRAW = 7919        # marks the rng of a redrawn episode (distinct from the slot words 1, 2+k)
@@ -78,7 +77,7 @@ class SkipCounter:
       self.last = message
 
 
-def _tf():
+def tf_module():
   """TensorFlow with accelerators hidden (JAX owns them)."""
   import tensorflow as tf
   for kind in ('GPU', 'TPU'):
@@ -137,11 +136,11 @@ def load_sample(split, index: int) -> tuple[np.ndarray, np.ndarray]:
   if not np.issubdtype(image.dtype, np.number) or (image.dtype.kind == 'f' and
                                                    not np.isfinite(image).all()):
     raise BadSampleError(f'{where}: image dtype {image.dtype} or values not finite numbers')
-  bad = (label < 0) | ((label > split.num_classes) & (label != IGNORE))
+  bad = (label < 0) | ((label > split.num_classes) & (label != conventions.IGNORE_LABEL))
   if bad.any():
     values = np.unique(label[bad])[:5].tolist()
     raise BadSampleError(f'{where}: mask values {values} outside 0..{split.num_classes} and '
-                         f'{IGNORE} (a class-index mask of {split.name} was expected)')
+                         f'{conventions.IGNORE_LABEL} (a class-index mask of {split.name} was expected)')
   return image, label.astype(np.uint8)
 
 
@@ -222,7 +221,7 @@ def empty_batch(b: int, k: int, size: int, eval_label_side: int | None = None,
       'support_index': np.empty((b, k), np.int32),
   }
   if eval_label_side is not None:
-    out['eval_label'] = np.full((b, eval_label_side, eval_label_side), augment.IGNORE_LABEL,
+    out['eval_label'] = np.full((b, eval_label_side, eval_label_side), conventions.IGNORE_LABEL,
                                 np.uint8)
     out['eval_label_size'] = np.empty((b,), np.int32)
     out['eval_label_crop'] = np.zeros((b,), bool)   # evaluate.canvas_prediction
@@ -316,9 +315,12 @@ def _close_open_streams():
     stream.close()
 
 
-def _as_numpy_stream(tf, indices, make_batch, example: dict,
-                     skips: SkipCounter | None = None) -> BatchStream:
-  """Maps tf.data over `indices` through `make_batch` (numpy) -> iterator of numpy dicts."""
+def numpy_stream(num_batches: int, make_batch, example: dict, first: int = 0,
+                 skips: SkipCounter | None = None) -> BatchStream:
+  """Batches make_batch(first), ..., make_batch(num_batches - 1) (numpy dicts shaped like
+  `example`) as a stream: built in parallel by tf.data, delivered in order, closable."""
+  tf = tf_module()
+  indices = tf.data.Dataset.range(int(first), int(num_batches))
   keys = sorted(example)
   dtypes = [tf.as_dtype(example[key].dtype) for key in keys]
 
@@ -357,10 +359,8 @@ def train_dataset(pool: episodes_lib.Pool, config, start_step: int = 0,
   skips = SkipCounter()
   example = train_batch(pool, config, start_step, rows[:1])
   example = {k: np.empty((len(rows),) + v.shape[1:], v.dtype) for k, v in example.items()}
-  tf = _tf()
-  steps = tf.data.Dataset.range(int(start_step), int(num_steps))
-  return _as_numpy_stream(tf, steps, lambda step: train_batch(pool, config, step, rows, skips),
-                          example, skips)
+  return numpy_stream(num_steps, lambda step: train_batch(pool, config, step, rows, skips),
+                      example, first=start_step, skips=skips)
 
 
 def eval_dataset(split, episode_list: Sequence[episodes_lib.Episode], config,
@@ -382,5 +382,4 @@ def eval_dataset(split, episode_list: Sequence[episodes_lib.Episode], config,
 
   example = {k: np.empty((len(rows),) + v.shape[1:], v.dtype)
              for k, v in eval_batch(split, episode_list[:1], config, [0]).items()}
-  tf = _tf()
-  return _as_numpy_stream(tf, tf.data.Dataset.range(num_batches), make, example)
+  return numpy_stream(num_batches, make, example)

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
+from mmnet_jax import conventions
 from mmnet_jax.data import augment as aug
 
-MEAN, STD = aug.MEAN, aug.STD
+MEAN, STD = conventions.IMAGENET_MEAN, conventions.IMAGENET_STD
 
 
 def test_to_rgb_handles_gray_and_rgba():

@@ -12,6 +12,7 @@ from pycocotools import mask as mask_utils
 import pytest
 
 from mmnet_jax.data import coco
+from mmnet_jax.data import dataset_registry
 from mmnet_jax.data import datasets
 from mmnet_jax.data import episodes
 from tests.data import fake_formats
@@ -71,7 +72,7 @@ def built(tmp_path_factory):
   fake_formats.write_coco(root, 'train', TRAIN_IMAGES, TRAIN_ANNS)
   cfg = ml_collections.ConfigDict(dict(name='coco', manual_dir=root,
                                        data_dir=str(tmp_path_factory.mktemp('tfds'))))
-  return root, {s: datasets.open_split(cfg, s) for s in datasets.SPLITS}
+  return root, {s: dataset_registry.open_split(cfg, s) for s in datasets.SPLITS}
 
 
 def reference_label(api, image_id):
@@ -139,11 +140,11 @@ def test_2048_rule_and_folds(built):
   assert val.class_areas[0][80] == 2048 and val.class_areas[2] == {3: 2047}
   # interleaved: fold 0 tests 1, 5, ... (image 42); fold 1 tests 2, ... (class 2 of image 7
   # is small); fold 2 tests 3, ... (2047 px: out); fold 3 tests ..., 80 (image 7, 2048 px)
-  assert datasets.pool_sizes(val, 'coco') == {0: 1, 1: 0, 2: 0, 3: 1}
+  assert episodes.pool_sizes(val, 'coco') == {0: 1, 1: 0, 2: 0, 3: 1}
   pool = episodes.build_pool(val, datasets.fold_classes('coco', 3)[1])
   assert [val.image_ids[i] for i in pool.indices] == ['COCO_val2014_000000000007']
   # consecutive: fold 0 tests 1..20 (image 42), fold 3 tests 61..80 (image 7)
-  assert datasets.pool_sizes(val, 'coco', coco_convention='consecutive') == {
+  assert episodes.pool_sizes(val, 'coco', coco_convention='consecutive') == {
       0: 1, 1: 0, 2: 0, 3: 1}
   pool = episodes.build_pool(val, datasets.fold_classes('coco', 0, coco_convention='consecutive')[1])
   assert [val.image_ids[i] for i in pool.indices] == ['COCO_val2014_000000000042']
@@ -153,15 +154,15 @@ def test_missing_paths_are_named(tmp_path):
   cfg = ml_collections.ConfigDict(dict(name='coco', manual_dir=str(tmp_path),
                                        data_dir=str(tmp_path / 'tfds')))
   with pytest.raises(FileNotFoundError, match='train2014(.|\n)*docs/data.md'):
-    datasets.open_split(cfg, 'train')
+    dataset_registry.open_split(cfg, 'train')
   fake_formats.write_coco(str(tmp_path), 'train', TRAIN_IMAGES, TRAIN_ANNS)
   os.makedirs(tmp_path / 'val2014')
   with pytest.raises(FileNotFoundError, match=r'instances_val2014\.json'):
-    datasets.open_split(cfg, 'train')
+    dataset_registry.open_split(cfg, 'train')
   fake_formats.write_coco(str(tmp_path), 'val', VAL_IMAGES, VAL_ANNS)
   os.remove(tmp_path / 'val2014' / fake_formats.coco_file_name('val', 300))
   with pytest.raises(FileNotFoundError, match='COCO_val2014_000000000300.jpg'):
-    datasets.open_split(cfg, 'val')
+    dataset_registry.open_split(cfg, 'val')
 
 
 def val_name(image_id):
@@ -186,11 +187,11 @@ def test_pfenet_lists_set_images_and_order(built, tmp_path):
       name='coco', manual_dir=root, data_dir=str(tmp_path / 'tfds'),
       list_file=str(tmp_path / 'train_data_list.txt'),
       val_list_file=str(tmp_path / 'val_data_list.txt')))
-  val = datasets.open_split(cfg, 'val')
+  val = dataset_registry.open_split(cfg, 'val')
   assert val.image_ids == ('COCO_val2014_000000000300', 'COCO_val2014_000000000007',
                            'COCO_val2014_000000000042')
   np.testing.assert_array_equal(val.load(1)[1], splits['val'].load(0)[1])
-  assert datasets.open_split(cfg, 'train').image_ids == ('COCO_train2014_000000000006',
+  assert dataset_registry.open_split(cfg, 'train').image_ids == ('COCO_train2014_000000000006',
                                                          'COCO_train2014_000000000005')
 
 
@@ -206,7 +207,7 @@ def test_bad_pfenet_list_is_named(built, tmp_path, lines, message):
                                        data_dir=str(tmp_path / 'tfds'),
                                        val_list_file=str(tmp_path / 'val_data_list.txt')))
   with pytest.raises(ValueError, match=message):
-    datasets.open_split(cfg, 'val')
+    dataset_registry.open_split(cfg, 'val')
   (tmp_path / 'train.txt').write_text('JPEGImages/x.jpg SegmentationClassAug/x.png\n')
   with pytest.raises(ValueError, match=r"train.txt:1: expected train images named "
                      r"COCO_train2014_<12 digits>.jpg, got 'x.jpg'"):
@@ -232,9 +233,9 @@ def test_hsnet_split_pickles(built, tmp_path):
       'val': [{0: [v(42)], 4: [v(7), v(42)]}, {1: [v(300)]}, {}, {3: [v(7)]}]})
   cfg = ml_collections.ConfigDict(dict(name='coco', manual_dir=root,
                                        data_dir=str(tmp_path / 'tfds'), list_file=folder))
-  assert datasets.open_split(cfg, 'val').image_ids == (
+  assert dataset_registry.open_split(cfg, 'val').image_ids == (
       'COCO_val2014_000000000042', 'COCO_val2014_000000000007', 'COCO_val2014_000000000300')
-  assert datasets.open_split(cfg, 'train').image_ids == ('COCO_train2014_000000000006',
+  assert dataset_registry.open_split(cfg, 'train').image_ids == ('COCO_train2014_000000000006',
                                                          'COCO_train2014_000000000005')
 
 
@@ -290,7 +291,7 @@ def test_broken_coco_never_builds(tmp_path, kind, message):
     data = open(image, 'rb').read()
     open(image, 'wb').write(data[:len(data) // 2])
   with pytest.raises(ValueError, match=message):
-    datasets.open_split(cfg, 'val')
+    dataset_registry.open_split(cfg, 'val')
 
 
 def test_degenerate_polygons_dropped_with_a_warning(tmp_path, caplog):
@@ -305,7 +306,7 @@ def test_degenerate_polygons_dropped_with_a_warning(tmp_path, caplog):
                                   segmentation=[[1.0, 1.0, 3.0, 3.0]]))
   json.dump(data, open(path, 'w'))
   with caplog.at_level('WARNING'):
-    val = datasets.open_split(cfg, 'val')
+    val = dataset_registry.open_split(cfg, 'val')
   assert 'instances_val2014.json: annotation 11 (image 42): 1 polygon' in caplog.text
   assert 'annotation 99 (image 42)' in caplog.text
   expected = coco.paint_label([a for a in anns if a['image_id'] == 42], H, W,
@@ -319,10 +320,10 @@ def test_degenerate_polygons_dropped_with_a_warning(tmp_path, caplog):
 def test_build_of_another_manual_dir_is_refused(tmp_path):
   """Before: a different download folder on a used data_dir silently returned the old build."""
   root, cfg = _fresh(tmp_path)
-  datasets.open_split(cfg, 'val')
+  dataset_registry.open_split(cfg, 'val')
   other = str(tmp_path / 'other')
   fake_formats.write_coco(other, 'val', VAL_IMAGES[:1], VAL_ANNS[:2])
   fake_formats.write_coco(other, 'train', TRAIN_IMAGES, TRAIN_ANNS)
   with pytest.raises(ValueError, match=r"this build was made from dataset.manual_dir='.*/m'"):
-    datasets.open_split(ml_collections.ConfigDict(dict(cfg, manual_dir=other)), 'val')
-  assert len(datasets.open_split(ml_collections.ConfigDict(dict(cfg, manual_dir='')), 'val')) == 3
+    dataset_registry.open_split(ml_collections.ConfigDict(dict(cfg, manual_dir=other)), 'val')
+  assert len(dataset_registry.open_split(ml_collections.ConfigDict(dict(cfg, manual_dir='')), 'val')) == 3

@@ -6,6 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from mmnet_jax import conventions
+from mmnet_jax.data import dataset_registry
 from mmnet_jax.data import datasets
 from mmnet_jax.data import episodes
 from mmnet_jax.data import synthetic
@@ -50,18 +52,18 @@ def test_fold_errors():
 
 def test_open_split_errors():
   with pytest.raises(FileNotFoundError, match='manual_dir'):
-    datasets.open_split(ml_collections.ConfigDict({'name': 'pascal'}), 'train')
+    dataset_registry.open_split(ml_collections.ConfigDict({'name': 'pascal'}), 'train')
   with pytest.raises(ValueError, match='name'):
-    datasets.open_split(ml_collections.ConfigDict({'name': 'imagenet'}), 'train')
+    dataset_registry.open_split(ml_collections.ConfigDict({'name': 'imagenet'}), 'train')
   with pytest.raises(ValueError, match='split'):
-    datasets.open_split(ml_collections.ConfigDict({'name': 'synthetic'}), 'test')
+    dataset_registry.open_split(ml_collections.ConfigDict({'name': 'synthetic'}), 'test')
 
 
 def test_normalize_roundtrip_and_binarize():
   img = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
-  norm = datasets.normalize_image(img)
+  norm = conventions.normalize_image(img)
   np.testing.assert_allclose(norm[0, 0, 0], (0 - 123.675) / 58.395, rtol=1e-6)
-  np.testing.assert_allclose(datasets.denormalize_image(norm), img, atol=1e-4)
+  np.testing.assert_allclose(conventions.denormalize_image(norm), img, atol=1e-4)
   label = np.array([[0, 3, 5], [255, 3, 0]], np.uint8)
   np.testing.assert_array_equal(episodes.binarise(label, 3), [[0, 1, 0], [255, 1, 0]])
 
@@ -70,11 +72,11 @@ def test_synthetic_config_from_nested_and_flat():
   nested = ml_collections.ConfigDict({'name': 'synthetic', 'data_dir': '', 'synthetic': {
       'seed': 3, 'num_train': 10, 'num_val': 5, 'min_size': 64, 'max_size': 80,
       'border_band': 0}})
-  gen = datasets.synthetic_config_from(nested)
+  gen = dataset_registry.synthetic_config_from(nested)
   assert gen == synthetic.SyntheticConfig(seed=3, num_train=10, num_val=5, min_size=64,
                                           max_size=80, border_band=0)
   flat = ml_collections.ConfigDict({'name': 'synthetic', 'num_val': 7})
-  assert datasets.synthetic_config_from(flat) == synthetic.SyntheticConfig(num_val=7)
+  assert dataset_registry.synthetic_config_from(flat) == synthetic.SyntheticConfig(num_val=7)
 
 
 def test_synthetic_tfds_roundtrip(tmp_path):
@@ -82,9 +84,9 @@ def test_synthetic_tfds_roundtrip(tmp_path):
   cfg = ml_collections.ConfigDict({'name': 'synthetic', 'data_dir': str(tmp_path), 'synthetic': {
       'seed': 0, 'num_train': 40, 'num_val': 20, 'min_size': 64, 'max_size': 96,
       'border_band': 2}})
-  gen = datasets.synthetic_config_from(cfg)
-  val = datasets.open_split(cfg, 'val')
-  train = datasets.open_split(cfg, 'train')  # second open reuses the build
+  gen = dataset_registry.synthetic_config_from(cfg)
+  val = dataset_registry.open_split(cfg, 'val')
+  train = dataset_registry.open_split(cfg, 'train')  # second open reuses the build
   assert (val.name, val.split, val.num_classes, len(val)) == ('synthetic', 'val', 40, 20)
   assert len(train) == 40
   assert val.image_ids == tuple(f'val_{i:06d}' for i in range(20))
@@ -112,7 +114,7 @@ def test_corrupted_record_file_is_named_at_start_up(tmp_path, damage):
   root = tmp_path / 'm'
   test_pascal.write_tree(str(root))
   cfg = test_pascal.config(root, tmp_path / 'tfds')
-  datasets.open_split(cfg, 'val')
+  dataset_registry.open_split(cfg, 'val')
   record = sorted(glob.glob(str(tmp_path / 'tfds' / '**' / '*val.array_record*'),
                             recursive=True))[0]
   data = bytearray(open(record, 'rb').read())
@@ -123,4 +125,4 @@ def test_corrupted_record_file_is_named_at_start_up(tmp_path, damage):
   open(record, 'wb').write(bytes(data))
   with pytest.raises(datasets.CorruptedRecordError,
                      match=f'corrupted TFDS record file: {record} .*Remove .* to rebuild'):
-    datasets.open_split(cfg, 'val')
+    dataset_registry.open_split(cfg, 'val')

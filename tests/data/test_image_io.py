@@ -10,7 +10,7 @@ from PIL import Image
 import pytest
 
 from mmnet_jax import predict
-from mmnet_jax.data import datasets
+from mmnet_jax.data import dataset_registry
 from mmnet_jax.data import image_io
 from tests.data import test_pascal
 
@@ -84,7 +84,7 @@ def test_pascal_build_scales_16bit_grayscale(tmp_path, image_id):
   with open(os.path.join(voc, 'JPEGImages', f'{image_id}.jpg'), 'wb') as f:
     f.write(png16(samples))   # decoders go by content, not by the name
   cfg = test_pascal.config(tmp_path / 'manual', tmp_path / 'tfds')
-  split = datasets.open_split(cfg, 'val' if image_id.startswith('2007') else 'train')
+  split = dataset_registry.open_split(cfg, 'val' if image_id.startswith('2007') else 'train')
   image, label = split.load(split.image_ids.index(image_id))
   np.testing.assert_array_equal(image, np.repeat(np.tile(SCALED, (h // 2, w // 4))[..., None],
                                                  3, axis=-1))
@@ -105,7 +105,7 @@ def test_coco_build_scales_16bit_grayscale(tmp_path):
     f.write(png16(samples))
   cfg = ml_collections.ConfigDict(dict(name='coco', manual_dir=root,
                                        data_dir=str(tmp_path / 'tfds')))
-  split = datasets.open_split(cfg, 'val')
+  split = dataset_registry.open_split(cfg, 'val')
   index = [i for i, n in enumerate(split.image_ids) if n.endswith(f'{image_id:012d}')]
   image, _ = split.load(index[0])
   np.testing.assert_array_equal(image, np.repeat(np.tile(SCALED, (h // 2, w // 4))[..., None],

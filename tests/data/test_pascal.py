@@ -7,6 +7,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from mmnet_jax.data import dataset_registry
+
 from mmnet_jax.data import datasets
 from mmnet_jax.data import episodes
 from mmnet_jax.data import pascal
@@ -62,7 +64,7 @@ def built(tmp_path_factory):
   voc = write_tree(str(root))
   data_dir = tmp_path_factory.mktemp('tfds')
   cfg = config(root, data_dir)
-  return root, voc, data_dir, {s: datasets.open_split(cfg, s) for s in datasets.SPLITS}
+  return root, voc, data_dir, {s: dataset_registry.open_split(cfg, s) for s in datasets.SPLITS}
 
 
 def test_pfenet_train_rule():
@@ -106,11 +108,11 @@ def test_binarisation(built):
 
 def test_2048_rule_and_fold_membership(built):
   _, _, _, splits = built
-  assert datasets.pool_sizes(splits['val'], 'pascal') == {0: 1, 1: 1, 2: 0, 3: 0}
+  assert episodes.pool_sizes(splits['val'], 'pascal') == {0: 1, 1: 1, 2: 0, 3: 0}
   pool0 = episodes.build_pool(splits['val'], datasets.fold_classes('pascal', 0)[1])
   assert [splits['val'].image_ids[i] for i in pool0.indices] == ['2007_000010']  # 2047 px out
   # train pools use the base classes: fold 0 drops 1..5, fold 2 drops 11..15
-  assert datasets.pool_sizes(splits['train'], 'pascal') == {0: 2, 1: 4, 2: 2, 3: 4}
+  assert episodes.pool_sizes(splits['train'], 'pascal') == {0: 2, 1: 4, 2: 2, 3: 4}
   pool2 = episodes.build_pool(splits['train'], datasets.fold_classes('pascal', 2)[0])
   assert [splits['train'].image_ids[i] for i in pool2.indices] == ['2008_000005', '2007_000001']
 
@@ -126,12 +128,12 @@ def test_supports_never_the_query(built):
 def test_pool_sizes_printed_after_build(tmp_path, capsys):
   root = tmp_path / 'm'
   write_tree(str(root), sbd_name='train_noval.txt')
-  split = datasets.open_split(config(root, tmp_path / 'tfds'), 'val')
+  split = dataset_registry.open_split(config(root, tmp_path / 'tfds'), 'val')
   out = capsys.readouterr().out
   assert 'pascal/val: 3 images; pool sizes per fold [1, 1, 0, 0]' in out
   assert 'pascal/train: 4 images; pool sizes per fold [2, 4, 2, 4]' in out
   assert len(split) == 3
-  datasets.open_split(config(root, tmp_path / 'tfds'), 'val')   # found, not rebuilt
+  dataset_registry.open_split(config(root, tmp_path / 'tfds'), 'val')   # found, not rebuilt
   assert 'pool sizes' not in capsys.readouterr().out
 
 
@@ -144,8 +146,8 @@ def test_user_pfenet_lists(built, tmp_path):
   val = tmp_path / 'val.txt'
   val.write_text('JPEGImages/2007_000012.jpg SegmentationClassAug/2007_000012.png\n')
   cfg = config(root, tmp_path / 'tfds', list_file=str(train), val_list_file=str(val))
-  assert datasets.open_split(cfg, 'train').image_ids == ('2007_000002', '2008_000005')
-  split = datasets.open_split(cfg, 'val')
+  assert dataset_registry.open_split(cfg, 'train').image_ids == ('2007_000002', '2008_000005')
+  split = dataset_registry.open_split(cfg, 'val')
   assert split.image_ids == ('2007_000012',)
   np.testing.assert_array_equal(split.load(0)[1], LABELS['2007_000012'])
   bad = tmp_path / 'bad.txt'
@@ -164,30 +166,30 @@ def test_hsnet_fold_lists(built, tmp_path):
     for f, ls in enumerate(folds):
       fake_formats.write_ids(str(hs / sub / f'fold{f}.txt'), ls)
   cfg = config(root, tmp_path / 'tfds', list_file=str(hs))
-  assert datasets.open_split(cfg, 'train').image_ids == ('2007_000001', '2008_000005',
+  assert dataset_registry.open_split(cfg, 'train').image_ids == ('2007_000001', '2008_000005',
                                                          '2007_000002')
-  assert datasets.open_split(cfg, 'val').image_ids == ('2007_000010', '2007_000012')
+  assert dataset_registry.open_split(cfg, 'val').image_ids == ('2007_000010', '2007_000012')
 
 
 def test_missing_paths_are_named(tmp_path):
   data_dir = tmp_path / 'tfds'
   with pytest.raises(FileNotFoundError, match='manual_dir'):
-    datasets.open_split(config('', data_dir), 'train')
+    dataset_registry.open_split(config('', data_dir), 'train')
   root = tmp_path / 'm'
   voc = write_tree(str(root))
   os.remove(root / 'SBD' / 'train.txt')
   with pytest.raises(FileNotFoundError, match=r'SBD train list: .*train_noval\.txt'
                      r'(.|\n)*docs/data\.md'):
-    datasets.open_split(config(root, data_dir), 'train')
+    dataset_registry.open_split(config(root, data_dir), 'train')
   fake_formats.write_ids(str(root / 'SBD' / 'train.txt'), SBD_TRAIN)
   missing = os.path.join(voc, 'SegmentationClassAug', '2008_000003.png')
   os.remove(missing)
   with pytest.raises(FileNotFoundError) as err:
-    datasets.open_split(config(root, data_dir), 'train')
+    dataset_registry.open_split(config(root, data_dir), 'train')
   assert missing in str(err.value) and 'MANUAL_DOWNLOAD_INSTRUCTIONS' in str(err.value)
   os.remove(os.path.join(voc, 'ImageSets', 'Segmentation', 'val.txt'))
   with pytest.raises(FileNotFoundError, match='VOC2012 val list'):
-    datasets.open_split(config(root, data_dir), 'val')
+    dataset_registry.open_split(config(root, data_dir), 'val')
 
 
 def test_colour_mask_rejected(tmp_path):
@@ -249,7 +251,7 @@ def test_broken_input_never_builds(tmp_path, kind, message):
   root, voc, cfg = _fresh(tmp_path)
   path = _break_voc(kind, str(root), voc)
   with pytest.raises(ValueError, match=message) as err:
-    datasets.open_split(cfg, 'train')
+    dataset_registry.open_split(cfg, 'train')
   assert str(err.value).startswith(path)
 
 
@@ -259,16 +261,16 @@ def test_repeated_id_in_a_val_list_file(built, tmp_path):
   val.write_text('JPEGImages/2007_000012.jpg SegmentationClassAug/2007_000012.png\n'
                  'JPEGImages/2007_000012.jpg SegmentationClassAug/2007_000012.png\n')
   with pytest.raises(ValueError, match=r"val.txt:2: image '2007_000012' is listed twice"):
-    datasets.open_split(config(root, tmp_path / 'tfds', val_list_file=str(val)), 'val')
+    dataset_registry.open_split(config(root, tmp_path / 'tfds', val_list_file=str(val)), 'val')
 
 
 def test_build_of_another_manual_dir_is_refused(tmp_path):
   root, _, cfg = _fresh(tmp_path)
-  datasets.open_split(cfg, 'val')
+  dataset_registry.open_split(cfg, 'val')
   other = tmp_path / 'other'
   write_tree(str(other))     # the same lists, so the same builder config: found before
   with pytest.raises(ValueError, match=r'build_source.json: this build was made from '
                      r"dataset.manual_dir='.*/m', but dataset.manual_dir='.*/other'"):
-    datasets.open_split(config(other, tmp_path / 'tfds'), 'val')
-  assert len(datasets.open_split(cfg, 'val')) == 3              # its own source: found
-  assert len(datasets.open_split(config(other, tmp_path / 'tfds2'), 'val')) == 3
+    dataset_registry.open_split(config(other, tmp_path / 'tfds'), 'val')
+  assert len(dataset_registry.open_split(cfg, 'val')) == 3              # its own source: found
+  assert len(dataset_registry.open_split(config(other, tmp_path / 'tfds2'), 'val')) == 3
