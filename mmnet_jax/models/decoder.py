@@ -1,7 +1,9 @@
 """FEM decoder (PFENet's feature enrichment module) with auxiliary heads.
 
-Input: the query map Q (N channels) and the prior (1 channel) at feature resolution. For each
-scale b: resize both to the scale (bilinear align-corners, interpolation not pooling),
+Input: the query map Q (N channels), optionally a support prototype (C channels, one vector
+per episode: PFENet) and the prior (1 channel) at feature resolution. For each scale b: bring
+Q to the scale (MM-Net: bilinear align-corners; PFENet: adaptive average pooling), the
+prototype broadcast, the prior bilinear align-corners; concatenated [Q, prototype, prior] ->
 init_merge (1x1 -> reduce_dim, ReLU); from the second scale on, merge with the previous
 scale's output: merge = alpha_conv(cat[merge, prev]) + merge; then beta_conv (two 3x3+ReLU)
 added residually; inner_cls gives the auxiliary logits; the merged map is resized back to the
@@ -18,7 +20,10 @@ import jax
 import jax.numpy as jnp
 
 from mmnet_jax.models.initializers import torch_conv
+from mmnet_jax.models.pooling import adaptive_avg_pool
 from mmnet_jax.models.resize import resize_bilinear_align_corners
+
+QUERY_RESIZE = {'bilinear': resize_bilinear_align_corners, 'adaptive_avg': adaptive_avg_pool}
 
 
 def channel_dropout(rate: float) -> nn.Dropout:
@@ -90,18 +95,30 @@ class FEMDecoder(nn.Module):
   num_classes: int = 2
   head_dropout: float = 0.1
   dtype: Any = jnp.float32
+  # How Q reaches each scale: 'bilinear' (MM-Net) or 'adaptive_avg' (PFENet's AdaptiveAvgPool2d).
+  query_resize: str = 'bilinear'
 
   @nn.compact
-  def __call__(self, query_map: jax.Array, prior: jax.Array, train: bool):
-    # query_map: (B, h, w, N); prior: (B, h, w, 1). Channel order as the original: [Q, prior].
+  def __call__(self, query_map: jax.Array, prior: jax.Array, train: bool,
+               prototype: jax.Array | None = None):
+    # query_map: (B, h, w, N); prior: (B, h, w, 1); prototype: (B, C) or None. Channel order
+    # as the originals: [Q, prior] (MM-Net), [Q, prototype, prior] (PFENet).
+    if self.query_resize not in QUERY_RESIZE:
+      raise ValueError(f'FEMDecoder.query_resize must be one of {sorted(QUERY_RESIZE)}, '
+                       f'got {self.query_resize!r}')
     feat_hw = query_map.shape[1:3]
     d, dt = self.reduce_dim, self.dtype
     query_map, prior = query_map.astype(dt), prior.astype(dt)
+    resize_query = QUERY_RESIZE[self.query_resize]
     pyramid, aux = [], []
     for b, scale in enumerate(self.ppm_scales):
       size = scale_size(scale, feat_hw)
-      x = jnp.concatenate([resize_bilinear_align_corners(query_map, size),
-                           resize_bilinear_align_corners(prior, size)], axis=-1)
+      parts = [resize_query(query_map, size)]
+      if prototype is not None:
+        parts.append(jnp.broadcast_to(prototype.astype(dt)[:, None, None, :],
+                                      (prototype.shape[0],) + size + (prototype.shape[-1],)))
+      parts.append(resize_bilinear_align_corners(prior, size))
+      x = jnp.concatenate(parts, axis=-1)
       merge = Conv1x1ReLU(d, dtype=dt, name=f'init_merge_{b}')(x)
       if b >= 1:
         prev = resize_bilinear_align_corners(pyramid[-1], size)

@@ -21,25 +21,13 @@ import jax.numpy as jnp
 from mmnet_jax.models import memory as memory_lib
 from mmnet_jax.models import propagation
 from mmnet_jax.models.backbone import ResNetBackbone, backbone_output, feature_size, get_spec
-from mmnet_jax.models.decoder import FEMDecoder, channel_dropout
-from mmnet_jax.models.initializers import torch_conv
+from mmnet_jax.models.decoder import FEMDecoder
+from mmnet_jax.models.mid_level import MidLevelReduce, check_episode_inputs
 from mmnet_jax.models.prior import confidence_map
 from mmnet_jax.models.resize import resize_bilinear_align_corners
 
 BN_MODES = ('train', 'frozen')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-
-
-class MidLevelReduce(nn.Module):
-  """``conv`` 1x1 (no bias) + ReLU + Dropout2d: down_query_level_2 / down_supp_level_2."""
-  features: int
-  dropout: float
-  dtype: Any = jnp.float32   # computation dtype
-
-  @nn.compact
-  def __call__(self, x, train: bool):
-    x = nn.relu(torch_conv(self.features, 1, x.shape[-1], name='conv', dtype=self.dtype)(x))
-    return channel_dropout(self.dropout)(x, deterministic=not train)
 
 
 class MMNet(nn.Module):
@@ -123,15 +111,7 @@ class MMNet(nn.Module):
     """
     self.check_config()
     b, h_in, w_in, _ = query_img.shape
-    if support_imgs.ndim != 5 or support_imgs.shape[0] != b:
-      raise ValueError(f'support_imgs must be (B={b}, K, H, W, 3), got {support_imgs.shape}')
-    k_shots = support_imgs.shape[1]
-    if k_shots < 1:
-      raise ValueError('support_imgs must hold at least one shot (K >= 1)')
-    if support_masks.shape != support_imgs.shape[:4]:
-      raise ValueError(f'support_masks must be {support_imgs.shape[:4]} (B, K, H, W), '
-                       f'got {support_masks.shape}')
-    feature_size(h_in, w_in)
+    k_shots = check_episode_inputs(query_img, support_imgs, support_masks)
     support_hw = feature_size(*support_imgs.shape[2:4])
     support_masks = support_masks.astype(jnp.float32)
 

@@ -1,0 +1,48 @@
+"""What the PFENet family (PFENet, MM-Net) shares before its model-specific head: the episode
+input checks and the mid-level reduction of concat(layer3, layer2) (down_query / down_supp).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmnet_jax.models.backbone import feature_size
+from mmnet_jax.models.decoder import channel_dropout
+from mmnet_jax.models.initializers import torch_conv
+
+
+class MidLevelReduce(nn.Module):
+  """``conv`` 1x1 (no bias) + ReLU + Dropout2d: down_query / down_supp of the originals."""
+  features: int
+  dropout: float
+  dtype: Any = jnp.float32   # computation dtype
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.relu(torch_conv(self.features, 1, x.shape[-1], name='conv', dtype=self.dtype)(x))
+    return channel_dropout(self.dropout)(x, deterministic=not train)
+
+
+def check_episode_inputs(query_img: jax.Array, support_imgs: jax.Array,
+                         support_masks: jax.Array) -> int:
+  """Returns K after checking the shapes of one batch of episodes; raises ValueError naming them.
+
+  query_img (B, H, W, 3), support_imgs (B, K, H', W', 3), support_masks (B, K, H', W'), with
+  every side (s - 1) % 8 == 0 (backbone.feature_size).
+  """
+  b, h_in, w_in, _ = query_img.shape
+  if support_imgs.ndim != 5 or support_imgs.shape[0] != b:
+    raise ValueError(f'support_imgs must be (B={b}, K, H, W, 3), got {support_imgs.shape}')
+  k_shots = support_imgs.shape[1]
+  if k_shots < 1:
+    raise ValueError('support_imgs must hold at least one shot (K >= 1)')
+  if support_masks.shape != support_imgs.shape[:4]:
+    raise ValueError(f'support_masks must be {support_imgs.shape[:4]} (B, K, H, W), '
+                     f'got {support_masks.shape}')
+  feature_size(h_in, w_in)
+  feature_size(*support_imgs.shape[2:4])
+  return k_shots
