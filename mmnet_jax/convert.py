@@ -6,20 +6,26 @@ Formats:
   mmnet-official      MM-Net train.py checkpoint
                       {'state_dict': {'module.…'}, 'epoch', 'optimizer'}
             -> full model (params + backbone BN batch_stats).
+  pfenet-official     PFENet train.py checkpoint (train_epoch_*.pth, final.pth), the same layout
+            -> full model.
   pfenet-resnet       PFENet/semseg resnet{50,101}_v2.pth (deep stem, fc ignored) -> backbone.
   torchvision-resnet  torchvision resnet{50,101} state dict (7x7 stem, fc ignored) -> backbone.
 
+A model's checkpoint formats belong to the model: its spec's `convert_formats` maps each name
+to the head key map (models/keymap.py); this module maps the backbone and looks the format up
+over the registered models.
+
 The output directory holds an orbax PyTree checkpoint of {'params': ..., 'batch_stats': ...}
 under `checkpoint/` and `convert_info.json` (format, source, counts, skipped keys). Every
-input key is either mapped, deliberately skipped (BN num_batches_tracked, fc, MM-Net's unused
-alpha/beta Linear layers) or reported as an error; so is every expected key that is absent.
+input key is either mapped, deliberately skipped (BN num_batches_tracked, fc, the key map's
+skips such as MM-Net's unused alpha/beta Linear layers) or reported as an error; so is every
+expected key that is absent.
 The `.pth` is read with `mmnet_jax.torch_pickle` (no torch, no code execution).
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import importlib.util
 import json
 import os
@@ -32,8 +38,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from mmnet_jax import torch_pickle
+from mmnet_jax.models import registry
+from mmnet_jax.models.keymap import HeadKeyMap, Target
 
-FORMATS = ('mmnet-official', 'pfenet-resnet', 'torchvision-resnet')
+# ImageNet backbones (no head): format -> stem layout.
+BACKBONE_FORMATS = {'pfenet-resnet': 'deep', 'torchvision-resnet': 'torchvision'}
 
 _CKPT_SUBDIR = 'checkpoint'
 _INFO_FILE = 'convert_info.json'
@@ -42,7 +51,8 @@ _BN_PARAMS = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
               'running_mean': ('batch_stats', 'mean'), 'running_var': ('batch_stats', 'var')}
 
 _DEEP_STEM = ('conv1', 'bn1', 'conv2', 'bn2', 'conv3', 'bn3')
-# MM-Net wraps the deep stem in nn.Sequential: indices 2, 5, 8 are ReLUs, 9 the max-pool.
+# PFENet and MM-Net wrap the deep stem in nn.Sequential: indices 2, 5, 8 are ReLUs, 9 the
+# max-pool.
 _OFFICIAL_STEM = {'0': 'conv1', '1': 'bn1', '3': 'conv2', '4': 'bn2', '6': 'conv3', '7': 'bn3'}
 _BLOCK_MODULES = ('conv1', 'bn1', 'conv2', 'bn2', 'conv3', 'bn3')
 
@@ -51,70 +61,61 @@ class ConversionError(ValueError):
   """A checkpoint does not match the expected key structure or the model's shapes."""
 
 
-class _Module(collections.namedtuple('_Module', 'path kind has_bias')):
-  """Target of one torch module: flax path, 'conv' | 'bn' | 'memory', conv bias flag."""
+def model_formats() -> dict[str, HeadKeyMap]:
+  """Format name -> head key map, over the registered models' `convert_formats`."""
+  out = {}
+  for name in registry.names():
+    out.update(registry.get(name).convert_formats)
+  return out
 
 
-def _backbone_module(name: str, stem: str) -> _Module | None:
+def formats() -> tuple[str, ...]:
+  """Every --format: the models' checkpoint formats, then the backbone formats."""
+  return tuple(sorted(model_formats())) + tuple(BACKBONE_FORMATS)
+
+
+def _key_map(fmt: str) -> HeadKeyMap | None:
+  """The head key map of a model format; None for a backbone format; raises if unknown."""
+  if fmt in BACKBONE_FORMATS:
+    return None
+  maps = model_formats()
+  if fmt not in maps:
+    raise ConversionError(f'unknown format {fmt!r}; expected one of {formats()}')
+  return maps[fmt]
+
+
+def _backbone_module(name: str, stem: str) -> Target | None:
   """Maps a torch backbone module name (no param suffix) to its flax target."""
   if stem == 'official':
     m = re.fullmatch(r'layer0\.(\d+)', name)
     if m and m.group(1) in _OFFICIAL_STEM:
       sub = _OFFICIAL_STEM[m.group(1)]
-      return _Module(('backbone', 'stem', sub), 'bn' if 'bn' in sub else 'conv', False)
+      return Target(('backbone', 'stem', sub), 'bn' if 'bn' in sub else 'conv', False)
   else:
     allowed = _DEEP_STEM if stem == 'deep' else ('conv1', 'bn1')
     if name in allowed:
-      return _Module(('backbone', 'stem', name), 'bn' if name.startswith('bn') else 'conv',
+      return Target(('backbone', 'stem', name), 'bn' if name.startswith('bn') else 'conv',
                      False)
   m = re.fullmatch(r'layer([1-4])\.(\d+)\.(conv[123]|bn[123]|downsample\.[01])', name)
   if m:
     layer, block, sub = m.groups()
     sub = {'downsample.0': 'downsample_conv', 'downsample.1': 'downsample_bn'}.get(sub, sub)
     kind = 'bn' if 'bn' in sub else 'conv'
-    return _Module(('backbone', f'layer{layer}_{block}', sub), kind, False)
+    return Target(('backbone', f'layer{layer}_{block}', sub), kind, False)
   return None
 
 
-def _head_module(name: str) -> _Module | None:
-  """Maps a torch MM-Net head module name to its flax target (None if unknown)."""
-  if name == 'part_emb_2_level':
-    return _Module(('memory', 'slots'), 'memory', False)
-  fixed = {
-      'down_query_level_2.0': (('down_query', 'conv'), False),
-      'down_supp_level_2.0': (('down_supp', 'conv'), False),
-      'res1.0': (('decoder', 'res1', 'conv'), False),
-      'res2.0': (('decoder', 'res2', 'conv1'), False),
-      'res2.2': (('decoder', 'res2', 'conv2'), False),
-      'cls.0': (('decoder', 'cls', 'conv'), False),
-      'cls.3': (('decoder', 'cls', 'cls'), True),
-  }
-  if name in fixed:
-    path, bias = fixed[name]
-    return _Module(path, 'conv', bias)
-  m = re.fullmatch(r'(init_merge|alpha_conv|beta_conv|inner_cls)\.(\d+)\.(\d+)', name)
-  if m:
-    group, b, idx = m.groups()
-    sub = {('init_merge', '0'): ('conv', False), ('alpha_conv', '0'): ('conv', False),
-           ('beta_conv', '0'): ('conv1', False), ('beta_conv', '2'): ('conv2', False),
-           ('inner_cls', '0'): ('conv', False), ('inner_cls', '3'): ('cls', True)}.get(
-             (group, idx))
-    if sub:
-      return _Module(('decoder', f'{group}_{b}', sub[0]), 'conv', sub[1])
-  return None
-
-
-def _is_skipped(name: str, fmt: str) -> bool:
+def _is_skipped(name: str, key_map: HeadKeyMap | None) -> bool:
   """Keys that are dropped on purpose (never an error)."""
   if name.endswith('.num_batches_tracked'):
     return True
-  if fmt == 'mmnet-official':
-    return re.match(r'(alpha|beta)\.', name) is not None  # unused Linear(256, 256) layers
+  if key_map is not None:
+    return key_map.is_skipped(name)
   return re.match(r'fc\.', name) is not None  # ImageNet classifier
 
 
-def _split_key(key: str) -> tuple[str, str]:
-  if key == 'part_emb_2_level':
+def _split_key(key: str, key_map: HeadKeyMap | None) -> tuple[str, str]:
+  if key_map is not None and key_map.is_parameter(key):
     return key, ''
   module, _, param = key.rpartition('.')
   return module, param
@@ -128,16 +129,16 @@ def _strip_prefix(state_dict: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
   return dict(state_dict), ''
 
 
-def _expected_params(module: _Module) -> tuple[str, ...]:
-  if module.kind == 'memory':
+def _expected_params(module: Target) -> tuple[str, ...]:
+  if module.kind == 'parameter':
     return ('',)
   if module.kind == 'bn':
     return tuple(_BN_PARAMS)
   return ('weight', 'bias') if module.has_bias else ('weight',)
 
 
-def _required_modules(found: set[tuple[str, ...]], fmt: str) -> list[tuple[str, ...]]:
-  """Module paths that must be present given the blocks/scales that were found."""
+def _required_modules(found: set[tuple[str, ...]], fmt: str) -> list[Target]:
+  """Modules that must be present given the blocks/scales that were found."""
   required = []
   stem = ('conv1', 'bn1') if fmt == 'torchvision-resnet' else _DEEP_STEM
   required += [('backbone', 'stem', s) for s in stem]
@@ -147,57 +148,37 @@ def _required_modules(found: set[tuple[str, ...]], fmt: str) -> list[tuple[str, 
     for b in range(max(blocks, default=0) + 1):
       names = _BLOCK_MODULES + (('downsample_conv', 'downsample_bn') if b == 0 else ())
       required += [('backbone', f'layer{layer}_{b}', s) for s in names]
-  if fmt == 'mmnet-official':
-    required += [('down_query', 'conv'), ('down_supp', 'conv'), ('memory', 'slots'),
-                 ('decoder', 'res1', 'conv'), ('decoder', 'res2', 'conv1'),
-                 ('decoder', 'res2', 'conv2'), ('decoder', 'cls', 'conv'),
-                 ('decoder', 'cls', 'cls')]
-    bins = {int(p[1].rsplit('_', 1)[1]) for p in found
-            if p[0] == 'decoder' and p[1].startswith(('init_merge_', 'beta_conv_',
-                                                      'inner_cls_'))}
-    n = max(bins, default=3) + 1  # the original has 4 scales
-    for b in range(n):
-      required += [('decoder', f'init_merge_{b}', 'conv'), ('decoder', f'beta_conv_{b}', 'conv1'),
-                   ('decoder', f'beta_conv_{b}', 'conv2'), ('decoder', f'inner_cls_{b}', 'conv'),
-                   ('decoder', f'inner_cls_{b}', 'cls')]
-      if b >= 1:
-        required.append(('decoder', f'alpha_conv_{b - 1}', 'conv'))
+  required = [Target(p, 'bn' if 'bn' in p[-1] else 'conv', False) for p in required]
+  key_map = _key_map(fmt)
+  if key_map is not None:
+    required += key_map.required({p for p in found if p[0] != 'backbone'})
   return required
 
 
 def _torch_name(path: tuple[str, ...], fmt: str) -> str:
   """Inverse of the module mapping, for error messages about missing modules."""
-  if path[0] == 'backbone':
-    if path[1] == 'stem':
-      if fmt == 'mmnet-official':
-        inv = {v: k for k, v in _OFFICIAL_STEM.items()}
-        return f'layer0.{inv[path[2]]}'
-      return path[2]
-    layer, block = path[1][len('layer'):].split('_')
-    sub = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}.get(path[2], path[2])
-    return f'layer{layer}.{block}.{sub}'
-  if path == ('memory', 'slots'):
-    return 'part_emb_2_level'
-  inv = {('down_query', 'conv'): 'down_query_level_2.0',
-         ('down_supp', 'conv'): 'down_supp_level_2.0',
-         ('decoder', 'res1', 'conv'): 'res1.0', ('decoder', 'res2', 'conv1'): 'res2.0',
-         ('decoder', 'res2', 'conv2'): 'res2.2', ('decoder', 'cls', 'conv'): 'cls.0',
-         ('decoder', 'cls', 'cls'): 'cls.3'}
-  if path in inv:
-    return inv[path]
-  group, b = path[1].rsplit('_', 1)
-  idx = {('beta_conv', 'conv2'): '2', ('inner_cls', 'cls'): '3'}.get((group, path[2]), '0')
-  return f'{group}.{b}.{idx}'
+  key_map = _key_map(fmt)
+  if path[0] != 'backbone':
+    return key_map.torch_name(path)
+  if path[1] == 'stem':
+    if key_map is not None:
+      inv = {v: k for k, v in _OFFICIAL_STEM.items()}
+      return f'layer0.{inv[path[2]]}'
+    return path[2]
+  layer, block = path[1][len('layer'):].split('_')
+  sub = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}.get(path[2], path[2])
+  return f'layer{layer}.{block}.{sub}'
 
 
-def _convert_array(key: str, value: Any, module: _Module, param: str) -> np.ndarray:
+def _convert_array(key: str, value: Any, module: Target, param: str) -> np.ndarray:
   arr = np.asarray(value)
   if not np.issubdtype(arr.dtype, np.floating) and arr.dtype.name != 'bfloat16':
     raise ConversionError(f'{key}: expected a floating tensor, got dtype {arr.dtype}')
   arr = arr.astype(np.float32)
-  if module.kind == 'memory':
-    if arr.ndim != 3 or arr.shape[0] != 1:
-      raise ConversionError(f'{key}: expected shape (1, C, N), got {arr.shape}')
+  if module.kind == 'parameter':
+    if arr.ndim < 1 or arr.shape[0] != 1:
+      raise ConversionError(f'{key}: expected a leading axis of 1, e.g. (1, C, N), '
+                            f'got {arr.shape}')
     return arr[0]  # (C, N)
   if module.kind == 'conv' and param == 'weight':
     if arr.ndim != 4:
@@ -211,29 +192,27 @@ def _convert_array(key: str, value: Any, module: _Module, param: str) -> np.ndar
 def convert_state_dict_with_info(state_dict: Mapping[str, Any], fmt: str
                                  ) -> tuple[dict[str, dict], dict[str, Any]]:
   """Like `convert_state_dict`, also returning {'mapped', 'skipped', 'num_values'}."""
-  if fmt not in FORMATS:
-    raise ConversionError(f'unknown format {fmt!r}; expected one of {FORMATS}')
+  key_map = _key_map(fmt)
   if not isinstance(state_dict, Mapping):
     raise ConversionError(f'expected a state dict (mapping), got {type(state_dict).__name__}')
   sd, prefix = _strip_prefix(state_dict)
-  stem = {'mmnet-official': 'official', 'pfenet-resnet': 'deep',
-          'torchvision-resnet': 'torchvision'}[fmt]
+  stem = 'official' if key_map is not None else BACKBONE_FORMATS[fmt]
   tree: dict[str, dict] = {'params': {}, 'batch_stats': {}}
   skipped, unknown, seen = [], [], {}
   for key, value in sd.items():
-    if _is_skipped(key, fmt):
+    if _is_skipped(key, key_map):
       skipped.append(prefix + key)
       continue
-    name, param = _split_key(key)
+    name, param = _split_key(key, key_map)
     module = _backbone_module(name, stem)
-    if module is None and fmt == 'mmnet-official':
-      module = _head_module(name)
+    if module is None and key_map is not None:
+      module = key_map.target(name)
     if module is None or param not in _expected_params(module):
       unknown.append(prefix + key)
       continue
     seen.setdefault(module.path, (module, set()))[1].add(param)
     arr = _convert_array(prefix + key, value, module, param)
-    if module.kind == 'memory':
+    if module.kind == 'parameter':
       collection, leaf_path = 'params', module.path
     elif module.kind == 'bn':
       collection, leaf = _BN_PARAMS[param]
@@ -248,14 +227,11 @@ def convert_state_dict_with_info(state_dict: Mapping[str, Any], fmt: str
   if unknown:
     raise ConversionError(f'{len(unknown)} unmapped key(s) for format {fmt}: {unknown}')
   missing = []
-  for path in _required_modules(set(seen), fmt):
-    have = seen.get(path, (None, set()))[1]
-    module = seen[path][0] if path in seen else _Module(
-        path, 'memory' if path == ('memory', 'slots') else ('bn' if 'bn' in path[-1] else 'conv'),
-        path[-1] == 'cls')
+  for module in _required_modules(set(seen), fmt):
+    have = seen.get(module.path, (None, set()))[1]
     for param in _expected_params(module):
       if param not in have:
-        name = _torch_name(path, fmt)
+        name = _torch_name(module.path, fmt)
         missing.append(prefix + (f'{name}.{param}' if param else name))
   if missing:
     raise ConversionError(f'{len(missing)} missing key(s) for format {fmt}: {missing}')
@@ -271,7 +247,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], fmt: str) -> dict[str, dic
 
   Args:
     state_dict: flat {torch key: array}; a leading 'module.' on every key is removed.
-    fmt: one of FORMATS.
+    fmt: one of `formats()`.
 
   Returns:
     Nested dicts following docs/architecture.md; backbone formats hold only 'backbone'.
@@ -283,8 +259,13 @@ def convert_state_dict(state_dict: Mapping[str, Any], fmt: str) -> dict[str, dic
 
 
 def extract_state_dict(checkpoint: Any, fmt: str, source: str = '<checkpoint>') -> Mapping:
-  """Returns the flat state dict inside a loaded `.pth` object for `fmt`."""
-  if fmt == 'mmnet-official' and isinstance(checkpoint, Mapping) and 'state_dict' in checkpoint:
+  """Returns the flat state dict inside a loaded `.pth` object for `fmt`.
+
+  A model format's file is train.py's {'epoch', 'state_dict', 'optimizer'}; a backbone's is
+  the state dict itself.
+  """
+  if (_key_map(fmt) is not None and isinstance(checkpoint, Mapping)
+      and 'state_dict' in checkpoint):
     checkpoint = checkpoint['state_dict']
   if not isinstance(checkpoint, Mapping) or not all(isinstance(k, str) for k in checkpoint):
     raise ConversionError(f'{source}: expected a state dict of str keys for format {fmt}')
@@ -420,9 +401,8 @@ def abstract_variables(config) -> dict:
   """Shapes of the model's variables for `config` (jax.eval_shape of init, no FLOPs)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from mmnet_jax.models import mmnet  # pylint: disable=g-import-not-at-top
 
-  model = mmnet.MMNet.from_config(config.model)
+  model = registry.build(config)
   shots = int(config.get('shots', 1))
   size = 65  # any (H - 1) % 8 == 0 size: variable shapes do not depend on it
   q = jnp.zeros((1, size, size, 3), jnp.float32)
@@ -461,7 +441,7 @@ def convert_file(input_path: str, fmt: str, output_dir: str, config_spec: str | 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--format', required=True, choices=FORMATS)
+  parser.add_argument('--format', required=True, choices=formats())
   parser.add_argument('--input', required=True, help='the .pth file')
   parser.add_argument('--output', required=True, help='new (or empty) output directory')
   parser.add_argument('--config', default=None,

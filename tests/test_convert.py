@@ -169,6 +169,84 @@ def test_real_model_roundtrip_via_eval_shape():
                                 sd['module.layer3.0.downsample.1.running_var'])
 
 
+def _pfenet_config():
+  from mmnet_jax.models import pfenet_spec  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict({'shots': 1, 'model': pfenet_spec.config_defaults()})
+  config.model.backbone, config.model.reduce_dim = 'tiny', 16
+  return config
+
+
+def _pfenet_official_sd(abstract, rng, c=16, scales=4):
+  """PFENet train.py's state dict for a tiny PFENet: head names and OIHW shapes from PFENet.py."""
+  sd = {}
+  backbone = _torch_state_dict_for(
+      {col: {'backbone': tree['backbone']} for col, tree in abstract.items()}, 'mmnet-official',
+      rng)   # the layer0 Sequential + layer1..4 of PFENet.py (checked for MM-Net above)
+  sd.update(backbone)
+  head = {'down_query.0.weight': (c, 256 + 128, 1, 1), 'down_supp.0.weight': (c, 256 + 128, 1, 1),
+          'res1.0.weight': (c, c * scales, 1, 1), 'res2.0.weight': (c, c, 3, 3),
+          'res2.2.weight': (c, c, 3, 3), 'cls.0.weight': (c, c, 3, 3),
+          'cls.3.weight': (2, c, 1, 1), 'cls.3.bias': (2,)}
+  for b in range(scales):
+    head.update({f'init_merge.{b}.0.weight': (c, 2 * c + 1, 1, 1),
+                 f'beta_conv.{b}.0.weight': (c, c, 3, 3), f'beta_conv.{b}.2.weight': (c, c, 3, 3),
+                 f'inner_cls.{b}.0.weight': (c, c, 3, 3), f'inner_cls.{b}.3.weight': (2, c, 1, 1),
+                 f'inner_cls.{b}.3.bias': (2,)})
+    if b:
+      head[f'alpha_conv.{b - 1}.0.weight'] = (c, 2 * c, 1, 1)
+  for name, shape in head.items():
+    sd[f'module.{name}'] = rng.standard_normal(shape).astype(np.float32)
+  sd['module.layer1.0.bn1.num_batches_tracked'] = np.zeros((), np.int64)
+  return sd
+
+
+def test_pfenet_official_fits_the_real_model():
+  abstract = convert.abstract_variables(_pfenet_config())
+  assert sorted(abstract['params']) == ['backbone', 'decoder', 'down_query', 'down_supp']
+  sd = _pfenet_official_sd(abstract, np.random.default_rng(1))
+  checkpoint = {'epoch': 199, 'state_dict': sd, 'optimizer': {}}   # train.py's torch.save
+  tree, info = convert.convert_state_dict_with_info(
+      convert.extract_state_dict(checkpoint, 'pfenet-official'), 'pfenet-official')
+  assert info['skipped'] == ['module.layer1.0.bn1.num_batches_tracked']
+  assert info['mapped'] == len(sd) - 1
+  merged = convert.merge_into(abstract, tree)  # raises unless every leaf matches exactly
+  p = merged['params']
+  np.testing.assert_array_equal(p['down_supp']['conv']['kernel'],
+                                _hwio(sd['module.down_supp.0.weight']))
+  np.testing.assert_array_equal(p['decoder']['init_merge_2']['conv']['kernel'],
+                                _hwio(sd['module.init_merge.2.0.weight']))
+  np.testing.assert_array_equal(p['decoder']['inner_cls_3']['cls']['bias'],
+                                sd['module.inner_cls.3.3.bias'])
+  np.testing.assert_array_equal(p['backbone']['stem']['conv3']['kernel'],
+                                _hwio(sd['module.layer0.6.weight']))
+  assert 'pfenet-official' in convert.formats() and 'mmnet-official' in convert.formats()
+
+
+def test_pfenet_official_missing_and_unknown_keys_are_named():
+  sd = _pfenet_official_sd(convert.abstract_variables(_pfenet_config()),
+                           np.random.default_rng(2))
+  for gone in ('module.down_supp.0.weight', 'module.alpha_conv.2.0.weight',
+               'module.layer0.7.running_mean'):
+    partial = {k: v for k, v in sd.items() if k != gone}
+    with pytest.raises(convert.ConversionError, match='missing key.*pfenet-official') as err:
+      convert.convert_state_dict(partial, 'pfenet-official')
+    assert repr(gone) in str(err.value)
+  # MM-Net's names are not PFENet's: its memory and its down_*_level_2 are unknown here.
+  for extra in ('module.part_emb_2_level', 'module.down_query_level_2.0.weight'):
+    with pytest.raises(convert.ConversionError,
+                       match=r'unmapped key.*pfenet-official.*' + extra.replace('.', r'\.')):
+      convert.convert_state_dict({**sd, extra: np.zeros((1, 16, 4), np.float32)},
+                                 'pfenet-official')
+
+
+def test_cli_accepts_pfenet_official(tmp_path, capsys):
+  # argparse knows the format (exit 2 otherwise); the missing input is the one error.
+  missing = str(tmp_path / 'train_epoch_200.pth')
+  assert convert.main(['--format', 'pfenet-official', '--input', missing,
+                       '--output', str(tmp_path / 'out')]) == 1
+  assert missing in capsys.readouterr().err
+
+
 def test_merge_into_concrete_variables_and_errors():
   variables = {'params': {'backbone': {'stem': {'conv1': {'kernel': np.zeros((3, 3, 3, 4))}}},
                           'decoder': {'w': np.full((2,), 5.0, np.float32)}},
