@@ -214,3 +214,35 @@ def test_spec_builds_from_config_defaults_and_loss_reads_aux_weight():
   np.testing.assert_allclose(float(total), float(parts['main'] + parts['aux']), rtol=1e-6)
   with pytest.raises(ValueError, match='config.model.bn_mode'):
     PFENet.from_config({**TINY, 'bn_mode': 'eval'})
+
+
+@pytest.mark.parametrize('name', ['pascal_1shot', 'pascal_5shot', 'coco_1shot', 'coco_5shot',
+                                  'synth_1shot'])
+def test_shipped_pfenet_configs_pass_the_checks(name):
+  import importlib  # pylint: disable=g-import-not-at-top
+  from mmnet_jax import config_checks  # pylint: disable=g-import-not-at-top
+  module = importlib.import_module(f'configs.pfenet.{name}')
+  for arg in (None, 'runlocal', 'fold=2,shots=3') + (('smoke',) if name == 'synth_1shot' else ()):
+    c = module.get_config(arg)
+    assert c.model.name == 'pfenet' and 'recon_weight' not in c.train, arg
+    assert config_checks.problems(c) == [], (name, arg)
+  c = module.get_config('fold=2,shots=3')
+  assert (c.dataset.fold, c.shots) == (2, 3)
+  assert module.get_config().shots == (5 if '5shot' in name else 1)
+
+
+def test_pfenet_configs_are_the_original_yaml():
+  from configs.pfenet import coco_1shot, pascal_1shot  # pylint: disable=g-import-not-at-top
+  # config/pascal/pascal_split0_resnet50.yaml; the x10 is poly_learning_rate's scale_lr.
+  p = pascal_1shot.get_config()
+  assert (p.model.backbone, tuple(p.model.ppm_scales), p.train.crop_size, p.train.batch_size,
+          p.train.base_lr, p.train.lr_multiplier, p.train.epochs, p.train.aux_weight) == (
+              'resnet50', (60, 30, 15, 8), 473, 4, 0.0025, 10.0, 200, 1.0)
+  assert (p.train.scale_min, p.train.scale_max, p.train.momentum, p.train.weight_decay,
+          p.train.poly_power, p.eval.size, p.seed) == (0.9, 1.1, 0.9, 1e-4, 0.9, 473, 321)
+  # config/coco/coco_split0_resnet101.yaml.
+  c = coco_1shot.get_config()
+  assert (c.dataset.name, c.model.backbone, tuple(c.model.ppm_scales), c.train.crop_size,
+          c.train.batch_size, c.train.base_lr, c.train.epochs, c.train.scale_min,
+          c.train.scale_max, c.eval.size) == (
+              'coco', 'resnet101', (1.0, 0.5, 0.25, 0.125), 641, 32, 0.02, 50, 0.8, 1.25, 641)
