@@ -176,14 +176,14 @@ def _pfenet_config():
   return config
 
 
-def _pfenet_official_sd(abstract, rng, c=16, scales=4):
+def _pfenet_official_sd(abstract, rng, c=16, scales=4, fea_dim=256 + 128):
   """PFENet train.py's state dict for a tiny PFENet: head names and OIHW shapes from PFENet.py."""
   sd = {}
   backbone = _torch_state_dict_for(
       {col: {'backbone': tree['backbone']} for col, tree in abstract.items()}, 'mmnet-official',
       rng)   # the layer0 Sequential + layer1..4 of PFENet.py (checked for MM-Net above)
   sd.update(backbone)
-  head = {'down_query.0.weight': (c, 256 + 128, 1, 1), 'down_supp.0.weight': (c, 256 + 128, 1, 1),
+  head = {'down_query.0.weight': (c, fea_dim, 1, 1), 'down_supp.0.weight': (c, fea_dim, 1, 1),
           'res1.0.weight': (c, c * scales, 1, 1), 'res2.0.weight': (c, c, 3, 3),
           'res2.2.weight': (c, c, 3, 3), 'cls.0.weight': (c, c, 3, 3),
           'cls.3.weight': (2, c, 1, 1), 'cls.3.bias': (2,)}
