@@ -79,8 +79,8 @@ SPEC = registry.register(registry.ModelSpec(
     fingerprint_exclude=('dtype', 'attention_chunk'),
     convert_formats=CONVERT_FORMATS,
     summary_groups=SUMMARY_GROUPS,
-    # TODO(parity): the original's torch parameter counts for resnet50 / resnet101, measured by
-    # tools/parity_official.py.
-    reference_params={},
+    # The original's torch count (model.parameters(), pretrained=False; it builds nothing it
+    # leaves unused): tools/parity_official.py --count-params.
+    reference_params={'resnet50': 34_448_842, 'resnet101': 53_440_970},
     runlocal=runlocal,
 ))
