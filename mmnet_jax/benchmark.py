@@ -189,10 +189,7 @@ def make_config(spec: dict, train_batch: int, dtype: str = 'float32', chunk: int
   config.train.batch_size = train_batch
   config.eval.size = spec['size']
   if spec['backbone'] == 'tiny':   # the runlocal model: small widths, trainable backbone
-    config.model.freeze_backbone = False
-    config.model.reduce_dim = 32
-    config.model.memory_slots = 16
-    config.model.ppm_scales = (1.0, 0.5, 0.25, 0.125)
+    default.runlocal_model(config)
   return config
 
 
@@ -212,9 +209,9 @@ def random_batch(batch: int, shots: int, size: int, seed: int = 0) -> dict:
 
 
 def init_state(model, config):
-  """A fresh train state (random init) and its optimiser, as `train.create_state`."""
-  from mmnet_jax import train
-  return train.create_state(model, config, total_steps=1000)
+  """A fresh train state (random init) and its optimiser, as `train_state.create_state`."""
+  from mmnet_jax import train_state
+  return train_state.create_state(model, config, total_steps=1000)
 
 
 def unchunked(model):
@@ -278,8 +275,8 @@ def backbone_forward(backbone_name: str, dtype: str = 'float32'):
   eval mode. images (G, B, H, W, 3) makes G calls of B images (as a step: the query, then each
   shot); (N, H, W, 3) one call."""
   from mmnet_jax.models import backbone as backbone_lib
-  from mmnet_jax.models import mmnet
-  net = backbone_lib.ResNetBackbone(backbone_name, dtype=mmnet.DTYPES[dtype])
+  from mmnet_jax.models import conv
+  net = backbone_lib.ResNetBackbone(backbone_name, dtype=conv.DTYPES[dtype])
 
   def forward(v, images):
     groups = images if images.ndim == 5 else images[None]
@@ -424,10 +421,10 @@ def rates(part: dict, episodes: int, peak: float | None) -> dict:
 
 def bench_config(spec: dict, args, peak: float | None) -> dict:
   """Every measurement of one configuration."""
-  from mmnet_jax.models import mmnet
+  from mmnet_jax.models import registry
   skip = set(filter(None, args.skip.split(',')))
   config = make_config(spec, args.train_batch, args.dtype, args.attention_chunk)
-  model = mmnet.build_model(config.model)
+  model = registry.build(config)
   start = time.perf_counter()
   state, tx = init_state(model, config)
   result = {'config': spec, 'train_batch': args.train_batch, 'eval_batch': args.eval_batch,

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from mmnet_jax import benchmark
+from mmnet_jax import workdir_io
 
 
 def parse_args(argv=None):
@@ -118,8 +118,9 @@ def train_step_rate(config, args) -> dict:
   import jax
   import jax.numpy as jnp
   from mmnet_jax import train
-  from mmnet_jax.models import mmnet
-  model = mmnet.build_model(config.model)
+  from mmnet_jax import train_state
+  from mmnet_jax.models import registry
+  model = registry.build(config)
   rng = np.random.default_rng(0)
   b, s, k = args.batch_size, args.size, 1
   label = rng.integers(0, 2, (b, s, s)).astype(np.int32)
@@ -130,7 +131,7 @@ def train_step_rate(config, args) -> dict:
       'support_labels': jnp.asarray(label[:, None]),
   }
   start = time.perf_counter()
-  state, tx = train.create_state(model, config, total_steps=100)
+  state, tx = train_state.create_state(model, config, total_steps=100)
   step = jax.jit(train.make_train_step(model, tx, config))
   for _ in range(args.warmup):
     state, metrics = step(state, batch)
@@ -188,7 +189,10 @@ def format_results(results: dict) -> str:
 def main(argv=None):
   args = parse_args(argv)
   results = run(args)
-  return benchmark.report(results, format_results(results), args.output)
+  print(format_results(results), flush=True)
+  if args.output:
+    workdir_io.write_json_atomic(args.output, results)
+  return results
 
 
 if __name__ == '__main__':

@@ -106,6 +106,23 @@ def override_message(error: Exception, argv: list[str]) -> str:
   return f'{flag}: the config has no field {field!r}{hint}'
 
 
+def _summary(config: ml_collections.ConfigDict) -> str:
+  """Prints and returns the parameter table of the configured model (no FLOPs: shapes only)."""
+  from mmnet_jax import train_state
+  from mmnet_jax.models import registry
+  from mmnet_jax.models import summary
+  spec, backbone = registry.of(config), config.model.get('backbone')
+  variables = jax.eval_shape(lambda: train_state.init_variables(registry.build(config), config))
+  text = summary.parameter_table(variables['params'],
+                                 freeze_backbone=config.model.get('freeze_backbone'),
+                                 groups=spec.summary_groups,
+                                 reference=spec.reference_params.get(backbone),
+                                 reference_note=spec.reference_note)
+  print(f'model: {spec.name} (backbone {backbone})')
+  print(text)
+  return text
+
+
 def run(mode: str, config: ml_collections.ConfigDict, workdir: str | None,
         predict_args: dict | None = None):
   """Runs one mode; returns its result (results dict, summary text or prediction paths).
@@ -114,24 +131,18 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str | None,
   'output': path, 'mask_class': int or None}.
   """
   from mmnet_jax import config_checks
-  from mmnet_jax import train   # lazily: importing the training stack pulls in TensorFlow
   if mode not in MODES:
     raise ValueError(f'unknown --mode={mode!r}; expected one of {MODES}')
   config_checks.check_config(config)   # every mode: one error before any work starts
   if mode == 'summary':
-    from mmnet_jax.models import mmnet, summary
-    variables = jax.eval_shape(lambda: train.init_variables(mmnet.build_model(config.model),
-                                                            config))
-    text = summary.parameter_table(variables['params'],
-                                   freeze_backbone=config.model.freeze_backbone)
-    print(text)
-    return text
+    return _summary(config)
   if not workdir:
     raise ValueError(f'--workdir is required for --mode={mode}')
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise NotADirectoryError(f'--workdir={workdir}: is a file, expected a directory (or a new '
                              'path)')
   if mode == 'train':
+    from mmnet_jax import train   # lazily: importing the training stack pulls in TensorFlow
     return train.train_and_evaluate(config, workdir)
   if mode == 'eval':
     from mmnet_jax import evaluate

@@ -8,7 +8,8 @@ value found and the value expected, e.g.
       dataset.fold: got 4, expected an int in [0, 4)
 
 Unknown keys (a mistyped field in a config file, which ConfigDict silently accepts) are found
-by comparing with the reference config, `mmnet_jax/default_config.py` unless another is given.
+by comparing with the reference config of config.model.name, `mmnet_jax/default_config.py`
+unless another is given. The model's own fields are checked by its spec (models/registry.py).
 Only the fields a run reads are checked; a field that is absent is left to its reader.
 """
 
@@ -39,10 +40,10 @@ def _flat_keys(tree: Any, prefix: str = '') -> dict:
   return out
 
 
-def default_reference() -> ml_collections.ConfigDict:
-  """The package's reference config (`mmnet_jax.default_config`)."""
+def default_reference(model: str = 'mmnet') -> ml_collections.ConfigDict:
+  """The package's reference config of `model` (`mmnet_jax.default_config`)."""
   from mmnet_jax import default_config
-  return default_config.get_config()
+  return default_config.get_config(model=model)
 
 
 def unknown_keys(config, reference) -> list[str]:
@@ -60,7 +61,7 @@ def _is_num(v) -> bool:
   return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-class _Checker:
+class Checker:
   """Collects `field: got X, expected Y` lines for the fields present in a config."""
 
   def __init__(self, config):
@@ -104,11 +105,14 @@ def problems(config, reference=None, num_devices: int | None = None) -> list[str
   from mmnet_jax.data import augment
   from mmnet_jax.data import datasets
   from mmnet_jax.data import episodes
-  from mmnet_jax.models import backbone
-  from mmnet_jax.models import mmnet
+  from mmnet_jax.models import registry
 
-  c = _Checker(config)
-  ref = default_reference() if reference is None else reference
+  c = Checker(config)
+  try:
+    spec = registry.of(config)
+  except registry.UnknownModelError as e:
+    return [str(e).replace('config.', '', 1)]
+  ref = default_reference(spec.name) if reference is None else reference
   for key in unknown_keys(config, ref):
     c.problems.append(f'{key}: unknown key (not in the reference config; mistyped?)')
 
@@ -131,16 +135,7 @@ def problems(config, reference=None, num_devices: int | None = None) -> list[str
   c.one_of('dataset.coco_convention', datasets.COCO_CONVENTIONS)
   c.int_at_least('dataset.min_class_pixels', 0)
 
-  c.one_of('model.backbone', tuple(backbone.BACKBONES))
-  c.int_at_least('model.reduce_dim', 1)
-  c.int_at_least('model.memory_slots', 1)
-  c.one_of('model.bn_mode', ('train', 'frozen'))
-  c.num_in('model.feature_dropout', 0, 1, high_open=True)
-  c.num_in('model.head_dropout', 0, 1, high_open=True)
-  c.check('model.ppm_scales', lambda v: len(v) >= 1 and all(_is_num(s) and s > 0 for s in v),
-          'a non-empty list of positive scales')
-  c.one_of('model.dtype', tuple(mmnet.DTYPES))
-  c.int_at_least('model.attention_chunk', 0)   # 0: all query pixels at once
+  spec.check(c, config)   # the model's own fields and loss weights (models/<name>_spec.py)
 
   size_ok = lambda v: _is_int(v) and v >= 9 and (v - 1) % 8 == 0   # noqa: E731
   c.check('train.crop_size', size_ok, f'8k + 1 with k >= 1 ({SIZE_HINT})')
@@ -165,8 +160,6 @@ def problems(config, reference=None, num_devices: int | None = None) -> list[str
   c.num_in('train.momentum', 0, 1, high_open=True)
   c.num_in('train.weight_decay', 0, float('inf'), high_open=True)
   c.num_in('train.poly_power', 0, float('inf'), high_open=True)
-  c.num_in('train.aux_weight', 0, float('inf'), high_open=True)
-  c.num_in('train.recon_weight', 0, float('inf'), high_open=True)
   c.int_at_least('train.log_every', 1)
   c.int_at_least('train.checkpoint_every', 1)
   c.int_at_least('train.eval_every', 0)
@@ -198,7 +191,7 @@ def problems(config, reference=None, num_devices: int | None = None) -> list[str
   return c.problems
 
 
-def _check_protocol(c: _Checker, config) -> None:
+def _check_protocol(c: Checker, config) -> None:
   """The combinations only the resolved protocol shows: its input size (the model needs
   8k + 1), options of another protocol, the legacy seed."""
   from mmnet_jax import protocols
@@ -218,7 +211,8 @@ def check_config(config, reference=None, num_devices: int | None = None) -> None
 
   Args:
     config: the run's ConfigDict.
-    reference: the config whose keys are the known ones (default: mmnet_jax/default_config.py).
+    reference: the config whose keys are the known ones (default: mmnet_jax/default_config.py
+      for config.model.name).
     num_devices: when given, train.batch_size and eval.batch_size must be multiples of it.
   """
   found = problems(config, reference, num_devices)

@@ -1,4 +1,6 @@
-"""Default configuration: MM-Net ResNet-50 on PASCAL-5i fold 0, 1-shot (the original recipe).
+"""Default configuration: MM-Net ResNet-50 on PASCAL-5i fold 0, 1-shot (the original recipe);
+`get_config(arg, model='pfenet')` the same for another registered model (its config.model and
+loss weights come from its spec).
 
 The reference config of the package (config checks, workdir configs, benchmarks use it);
 `configs/default.py` re-exports it for the experiment files.
@@ -10,6 +12,8 @@ comma-separated `key=value` items and flags, e.g. `configs/pascal_1shot.py:fold=
 """
 
 import ml_collections
+
+from mmnet_jax.models import registry
 
 
 def parse_arg(arg, **defaults):
@@ -28,8 +32,9 @@ def parse_arg(arg, **defaults):
   return out
 
 
-def get_config(arg=None):
-  """Returns the default (PASCAL-5i, ResNet-50, 1-shot, fold 0) configuration."""
+def get_config(arg=None, model='mmnet'):
+  """Returns the default (PASCAL-5i, ResNet-50, 1-shot, fold 0) configuration of `model`
+  (config.model.name: 'mmnet', 'pfenet' or a registered model, models/registry.py)."""
   args = parse_arg(arg, fold=0, shots=1, runlocal=False)
   c = ml_collections.ConfigDict()
   c.seed = 321
@@ -57,20 +62,8 @@ def get_config(arg=None):
   c.dataset.synthetic.max_size = 192
   c.dataset.synthetic.border_band = 2
 
-  c.model = ml_collections.ConfigDict()
-  c.model.backbone = 'resnet50'   # resnet50 | resnet101 (deep stem) | resnet50_tv | resnet101_tv | tiny
-  c.model.reduce_dim = 256
-  c.model.memory_slots = 50
-  c.model.ppm_scales = (60, 30, 15, 8)
-  c.model.bn_mode = 'train'       # 'train' (faithful: batch statistics) or 'frozen'
-  c.model.freeze_backbone = True
-  c.model.kshot_mask_compat = False
-  c.model.feature_dropout = 0.5
-  c.model.head_dropout = 0.1
-  c.model.dtype = 'float32'       # computation dtype: 'float32' or 'bfloat16' (params stay float32)
-  # Query pixels per block of the pixel-to-pixel matrices (attention, prior, reconstruction);
-  # 0 = all at once. Blocks cut memory (-50% train step at 473) and run faster on CPU.
-  c.model.attention_chunk = 1024
+  spec = registry.get(model)
+  c.model = spec.config_defaults()   # the model's fields: models/<name>_spec.py
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 4
@@ -85,8 +78,7 @@ def get_config(arg=None):
   c.train.momentum = 0.9
   c.train.weight_decay = 1e-4
   c.train.poly_power = 0.9
-  c.train.aux_weight = 1.0
-  c.train.recon_weight = 0.1
+  c.train.update(dict(spec.train_defaults))   # its loss weights (MM-Net: aux 1.0, recon 0.1)
   c.train.log_every = 50
   c.train.eval_every = 0          # steps between evaluations; 0 -> every 2 epochs (the original)
   c.train.checkpoint_every = 1000
@@ -117,13 +109,14 @@ def get_config(arg=None):
   return c
 
 
+def runlocal_model(c):
+  """The model's own CPU size (its spec's `runlocal`; MM-Net: tiny backbone, C = 32)."""
+  registry.of(c).runlocal(c.model)
+
+
 def runlocal(c):
   """Shrinks a config so that it runs on a CPU in minutes (smoke runs, tests, Colab cells)."""
-  c.model.backbone = 'tiny'
-  c.model.freeze_backbone = False
-  c.model.reduce_dim = 32
-  c.model.memory_slots = 16
-  c.model.ppm_scales = (1.0, 0.5, 0.25, 0.125)
+  runlocal_model(c)
   c.train.batch_size = 4
   c.train.crop_size = 65
   c.train.num_steps = 20

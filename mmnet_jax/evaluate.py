@@ -26,12 +26,14 @@ from mmnet_jax import checkpoint
 from mmnet_jax import metrics
 from mmnet_jax import protocols
 from mmnet_jax import sharding
+from mmnet_jax import train_state
 from mmnet_jax import workdir_io
 from mmnet_jax.data import dataset_registry
 from mmnet_jax.data import datasets
 from mmnet_jax.data import episodes as episodes_lib
 from mmnet_jax.data import pipeline
 from mmnet_jax.data import stretch_batches
+from mmnet_jax.models import registry
 
 BASELINES = {
     'all_foreground': baselines.all_foreground,
@@ -291,7 +293,6 @@ _READ_ATTEMPTS = 5   # a live writer replaces its one step at most every step
 
 
 def _restore_selected(config, workdir, model, ckpts: checkpoint.RunCheckpoints):
-  from mmnet_jax import train   # train imports this module; import lazily
   manager, step = ckpts.latest, checkpoint.latest_complete_step(ckpts.latest)
   meta = None if step is None else checkpoint.restore_meta(manager, step)
   best_step = checkpoint.latest_complete_step(ckpts.best)
@@ -305,15 +306,15 @@ def _restore_selected(config, workdir, model, ckpts: checkpoint.RunCheckpoints):
                       ckpts.best.directory, best_step, reason)
   if step is None:
     if config.init_from:
-      variables = train.load_init_from(config, train.init_variables(model, config))
+      variables = train_state.load_init_from(config, train_state.init_variables(model, config))
       return variables, 0, f'init_from {config.init_from}'
     raise FileNotFoundError(f'no checkpoint in {workdir}/{checkpoint.LATEST_DIR} or '
                             f'{workdir}/{checkpoint.BEST_DIR} and no config.init_from: train '
                             'first (--mode=train) or convert weights (python -m mmnet_jax.convert)')
   # Refuse another model's checkpoint by its metadata before shapes fail to restore.
-  workdir_io.check_fingerprint(meta, train.config_fingerprint(config),
+  workdir_io.check_fingerprint(meta, train_state.config_fingerprint(config),
                                checkpoint.step_path(manager, step))
-  abstract = checkpoint.abstract_like(train.abstract_state(model, config),
+  abstract = checkpoint.abstract_like(train_state.abstract_state(model, config),
                                       sharding.replicated(sharding.make_mesh()))
   state, meta = checkpoint.restore(manager, abstract, step)
   which = 'best' if manager is ckpts.best else 'latest'
@@ -343,10 +344,9 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
   to `LATEST_EVAL_FILE`, the stable name of the latest one."""
   from mmnet_jax import config_checks
   from mmnet_jax import visualize
-  from mmnet_jax.models import mmnet
   mesh = sharding.make_mesh()
   config_checks.check_config(config, num_devices=mesh.devices.size)
-  model = mmnet.build_model(config.model)
+  model = registry.build(config)
   _, test_classes = datasets.fold_classes(
       config.dataset.name, config.dataset.fold, config.dataset.num_folds,
       coco_convention=config.dataset.coco_convention)

@@ -31,6 +31,7 @@ from mmnet_jax import conventions
 from mmnet_jax.data import augment
 from mmnet_jax.data import image_io
 from mmnet_jax.data import stretch_batches
+from mmnet_jax.models import registry
 
 OVERLAY_SUFFIX = '_overlay'
 OVERLAY_COLOR = np.array([255, 40, 40], np.float32)   # red foreground tint
@@ -166,11 +167,10 @@ def predict(config: ml_collections.ConfigDict, variables: dict,
     support_images: K uint8 (h_k, w_k, 3) RGB images (grayscale (h, w) is accepted).
     support_masks: K (h_k, w_k) labels: 1 foreground, 0 background, 255 ignore.
     query_image: uint8 (h, w, 3) RGB.
-    model: the built MMNet (default: built from config.model).
+    model: the built model (default: `registry.build(config)`).
   """
   if model is None:
-    from mmnet_jax.models import mmnet
-    model = mmnet.build_model(config.model)
+    model = registry.build(config)
   if len(support_images) != config.shots:
     logging.warning('predicting with %d supports; the model was trained with config.shots=%d',
                     len(support_images), config.shots)
@@ -183,8 +183,7 @@ def predict(config: ml_collections.ConfigDict, variables: dict,
 def restore(config: ml_collections.ConfigDict, workdir: str):
   """(variables, model, step, which) of the checkpoint evaluation would use (best, else latest)."""
   from mmnet_jax import evaluate
-  from mmnet_jax.models import mmnet
-  model = mmnet.build_model(config.model)
+  model = registry.build(config)
   variables, step, which = evaluate.restore_for_eval(config, workdir, model)
   return variables, model, step, which
 

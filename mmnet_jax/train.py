@@ -1,9 +1,9 @@
-"""Training: `train_and_evaluate(config, workdir)` runs the original MM-Net recipe.
+"""Training: `train_and_evaluate(config, workdir)` trains the model of config.model.name.
 
-SGD with momentum 0.9 and coupled weight decay (as torch.optim.SGD), the per-iteration poly
-learning rate of PFENet/MM-Net (lr_t = lr_multiplier * base_lr * (1 - t/T)^power, t counted
-from 1), a jit-compiled step over a data-parallel mesh, orbax checkpoints (latest + best by
-mIoU, resumed from the workdir), TensorBoard scalars and a progress bar.
+The original recipe of MM-Net and PFENet: torch-style SGD with the per-iteration poly learning
+rate (optimizer.py), the model's own loss (its registry spec), a jit-compiled step over a
+data-parallel mesh, orbax checkpoints (latest + best by mIoU, resumed from the workdir),
+TensorBoard scalars and a progress bar.
 
 Never losing a run (docs/robustness.md): SIGTERM / SIGINT / SIGHUP save a checkpoint at the next step
 boundary and return; a SIGKILLed run resumes from its last complete checkpoint; a resumed run
@@ -20,8 +20,6 @@ import os
 import signal
 import threading
 import time
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -32,115 +30,14 @@ import tqdm
 from mmnet_jax import checkpoint
 from mmnet_jax import config_checks
 from mmnet_jax import evaluate
+from mmnet_jax import optimizer
 from mmnet_jax import sharding
+from mmnet_jax import train_state
 from mmnet_jax import workdir_io
 from mmnet_jax.data import dataset_registry
 from mmnet_jax.data import datasets
-from mmnet_jax.data import episodes
 from mmnet_jax.data import pipeline
-from mmnet_jax.models import losses
-from mmnet_jax.models import mmnet
-
-TrainState = dict   # {'step', 'params', 'batch_stats', 'opt_state'}
-
-
-def poly_lr(config: ml_collections.ConfigDict, total_steps: int):
-  """The learning rate of 0-based step s: the original's poly rule with t = s + 1."""
-  peak = config.train.lr_multiplier * config.train.base_lr
-  power = config.train.poly_power
-
-  def schedule(step):
-    # 1 - t/T is computed from the integer count of steps left, so it is exactly 0 at the last
-    # step: in floats, XLA's t * (1/T) leaves -1.5e-8 there for T = 3, 5, 10, ... and its
-    # 0.9th power is NaN. Works for an array of T too (one schedule per entry).
-    remaining = jnp.maximum(total_steps - (jnp.asarray(step) + 1), 0)
-    fraction = remaining.astype(jnp.float32) / jnp.asarray(total_steps, jnp.float32)
-    return peak * fraction ** power
-  return schedule
-
-
-def trainable_labels(params: Any, freeze_backbone: bool) -> Any:
-  """'frozen' for backbone parameters when the backbone is frozen, else 'trainable'."""
-  def label(path, _):
-    top = getattr(path[0], 'key', None)
-    return 'frozen' if freeze_backbone and top == 'backbone' else 'trainable'
-  return jax.tree_util.tree_map_with_path(label, params)
-
-
-def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
-                   params: Any) -> optax.GradientTransformation:
-  """torch-style SGD (decay added to the gradient before momentum) on trainable parameters."""
-  sgd = optax.chain(
-      optax.add_decayed_weights(config.train.weight_decay),
-      optax.sgd(poly_lr(config, total_steps), momentum=config.train.momentum))
-  return optax.multi_transform(
-      {'trainable': sgd, 'frozen': optax.set_to_zero()},
-      trainable_labels(params, config.model.freeze_backbone))
-
-
-def init_variables(model, config: ml_collections.ConfigDict) -> dict:
-  """Initial model variables (params, batch_stats) from config.seed, on the host."""
-  size = config.train.crop_size
-  k = config.shots
-  query = jnp.zeros((1, size, size, 3), jnp.float32)
-  supports = jnp.zeros((1, k, size, size, 3), jnp.float32)
-  masks = jnp.zeros((1, k, size, size), jnp.float32)
-  rng = jax.random.key(config.seed)
-  variables = jax.jit(lambda r: model.init(r, query, supports, masks, train=False))(rng)
-  return dict(variables)
-
-
-def load_init_from(config: ml_collections.ConfigDict, variables: dict) -> dict:
-  """Overwrites `variables` with the converted weights named by config.init_from.
-
-  init_from_format 'backbone' takes only the backbone of the file (ImageNet weights; the head
-  keeps its fresh initialisation); 'full' requires the file to cover every model parameter
-  (a released MM-Net checkpoint) and raises naming the first modules it lacks.
-  """
-  if not config.init_from:
-    return variables
-  from mmnet_jax import convert   # imported lazily: only runs that import weights need it
-  converted = convert.load_converted(config.init_from)
-  if config.init_from_format == 'backbone':
-    converted = {c: {'backbone': t['backbone']} for c, t in converted.items() if 'backbone' in t}
-    if not converted:
-      raise ValueError(f'config.init_from={config.init_from!r} holds no backbone weights '
-                       "(config.init_from_format='backbone')")
-  else:
-    missing = sorted(set(variables['params']) - set(converted.get('params', {})))
-    if missing:
-      raise ValueError(f'config.init_from={config.init_from!r} lacks the modules {missing}; '
-                       "init_from_format='full' needs a whole-model conversion (mmnet-official)")
-  return convert.merge_into(variables, converted)
-
-
-def create_state(model, config: ml_collections.ConfigDict, total_steps: int) -> tuple[TrainState, Any]:
-  """Fresh train state (initialised, init_from applied) and the optimiser."""
-  variables = load_init_from(config, init_variables(model, config))
-  tx = make_optimizer(config, total_steps, variables['params'])
-  state = {
-      'step': jnp.zeros((), jnp.int32),
-      'params': variables['params'],
-      'batch_stats': variables.get('batch_stats', {}),
-      'opt_state': tx.init(variables['params']),
-  }
-  return state, tx
-
-
-def abstract_state(model, config: ml_collections.ConfigDict) -> TrainState:
-  """Shapes and dtypes of a train state (no computation, no init_from): a restore target."""
-  def build():
-    variables = init_variables(model, config)
-    tx = make_optimizer(config, 1, variables['params'])
-    return {'step': jnp.zeros((), jnp.int32), 'params': variables['params'],
-            'batch_stats': variables.get('batch_stats', {}),
-            'opt_state': tx.init(variables['params'])}
-  return jax.eval_shape(build)
-
-
-def support_masks(batch: dict) -> jax.Array:
-  """The model's support masks: label == 1 (255 borders and padding count as background)."""
-  return (batch['support_labels'] == 1).astype(jnp.float32)
+from mmnet_jax.models import registry
 
 
 def all_finite(*trees) -> jax.Array:
@@ -153,9 +50,9 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict):
   """Returns train_step(state, batch) -> (state, metrics), to be jit-compiled.
 
   metrics['finite_grads']: the loss and the gradients are finite; metrics['finite']: so is
-  the new state (parameters and batch statistics)."""
-  aux_weight = config.train.aux_weight
-  recon_weight = config.train.recon_weight
+  the new state (parameters and batch statistics); the other entries are the loss and the
+  model's loss terms (its registry spec's `loss`)."""
+  model_loss = registry.of(config).loss
   base_key = jax.random.key(config.seed)
 
   def train_step(state, batch):
@@ -164,10 +61,9 @@ def make_train_step(model, tx, config: ml_collections.ConfigDict):
     def loss_fn(params):
       variables = {'params': params, 'batch_stats': state['batch_stats']}
       outputs, mutated = model.apply(
-          variables, batch['query_img'], batch['support_imgs'], support_masks(batch),
+          variables, batch['query_img'], batch['support_imgs'], train_state.support_masks(batch),
           train=True, rngs={'dropout': dropout_key}, mutable=['batch_stats'])
-      total, parts = losses.mmnet_loss(outputs, batch['query_label'],
-                                       aux_weight=aux_weight, recon_weight=recon_weight)
+      total, parts = model_loss(outputs, batch['query_label'], config.train)
       return total, (parts, mutated.get('batch_stats', state['batch_stats']))
 
     (loss, (parts, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -206,25 +102,17 @@ def eval_interval(config: ml_collections.ConfigDict, pool_size: int) -> int:
   return per_epoch * (1 if config.train.epochs <= 50 else 2)
 
 
-def config_fingerprint(config: ml_collections.ConfigDict) -> dict:
-  """The parts of a config that must match for a checkpoint to be resumed or evaluated.
-  The compute dtype and the attention chunking change no parameter, so they may differ; so
-  may the shots: MM-Net's parameters do not depend on K, so a 1-shot checkpoint is evaluated
-  at 5 shots as HSNet's `test.py --nshot 5` does (a resume at another K warns, as a recipe
-  change). Checkpoints that recorded 'shots' still match: only these keys are compared."""
-  model = {k: v for k, v in config.model.to_dict().items() if k not in ('dtype', 'attention_chunk')}
-  return {'model': model, 'dataset': config.dataset.name, 'fold': config.dataset.fold}
-
-
 RECIPE_FIELDS = ('batch_size', 'crop_size', 'scale_min', 'scale_max', 'rotate_deg', 'epochs',
                  'num_steps', 'base_lr', 'lr_multiplier', 'momentum', 'weight_decay',
                  'poly_power', 'aux_weight', 'recon_weight')
 
 
 def training_recipe(config: ml_collections.ConfigDict) -> dict:
-  """The fields that shape the training trajectory; a resume that changes them warns."""
+  """The fields that shape the training trajectory (the model's loss weights included); a
+  resume that changes them warns."""
+  fields = RECIPE_FIELDS + tuple(registry.of(config).train_defaults)
   return {'seed': config.seed, 'shots': config.shots,
-          **{k: config.train[k] for k in RECIPE_FIELDS if k in config.train}}
+          **{k: config.train[k] for k in dict.fromkeys(fields) if k in config.train}}
 
 
 class StopSignals:
@@ -321,7 +209,7 @@ def _restore(ckpts, state, mesh, config):
   if meta is None:
     return state, None
   where = str(ckpts.latest.directory)
-  workdir_io.check_fingerprint(meta, config_fingerprint(config), where)
+  workdir_io.check_fingerprint(meta, train_state.config_fingerprint(config), where)
   state, meta = checkpoint.restore(ckpts.latest, checkpoint.abstract_like(
       state, sharding.replicated(mesh)))
   saved = meta.get('recipe')
@@ -358,14 +246,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _train_locked(config, workdir, mesh, stop: StopSignals) -> dict:
-  model = mmnet.build_model(config.model)
+  model = registry.build(config)
   train_classes, test_classes = datasets.fold_classes(
       config.dataset.name, config.dataset.fold, config.dataset.num_folds,
       coco_convention=config.dataset.coco_convention)
-  train_split = dataset_registry.open_split(config.dataset, 'train')
-  pool = episodes.build_pool(train_split, train_classes,
-                             min_class_pixels=config.dataset.min_class_pixels,
-                             filter_intersection=config.dataset.filter_intersection)
+  pool = pipeline.train_pool(dataset_registry.open_split(config.dataset, 'train'), train_classes,
+                             config)
   total_steps = total_train_steps(config, len(pool))
   every_eval = eval_interval(config, len(pool))
   eval_episodes = int(config.eval.during_training_episodes)
@@ -373,120 +259,153 @@ def _train_locked(config, workdir, mesh, stop: StopSignals) -> dict:
         f'{total_steps} steps, evaluation '
         f'{f"every {every_eval}" if eval_episodes else "off"}', flush=True)
 
-  state, tx = create_state(model, config, total_steps)
+  state, tx = train_state.create_state(model, config, total_steps)
   ckpts = checkpoint.RunCheckpoints(workdir)
   state, meta = _restore(ckpts, state, mesh, config)
   workdir_io.write_config(config, workdir)   # after the fingerprint check: a refused run
                                             # leaves the workdir's record alone
-  best_miou = -1.0
+  run = _Run(config, workdir, ckpts, total_steps, best_miou=float((meta or {}).get('best_miou', -1.0)))
   if meta is not None:
-    best_miou = float(meta.get('best_miou', -1.0))
     print(f'resumed from {ckpts.latest.directory} at step {int(state["step"])}', flush=True)
   state = sharding.replicate(state, mesh)
-
   step_fn = jax.jit(make_guarded_step(model, tx, config), donate_argnums=(0, 2))
   first_bad = sharding.replicate(no_bad_step(), mesh)
   evaluator = evaluate.Evaluator(config, model, mesh, test_classes) if eval_episodes else None
-  writer = workdir_io.SummaryWriter(os.path.join(workdir, 'tensorboard'))
-  schedule = poly_lr(config, total_steps)
-  host_batch = sharding.host_batch_size(config.train.batch_size, mesh)
   start = int(state['step'])
-  data = pipeline.train_dataset(pool, config, start_step=start, host_batch_size=host_batch,
+  data = pipeline.train_dataset(pool, config, start_step=start,
+                                host_batch_size=sharding.host_batch_size(
+                                    config.train.batch_size, mesh),
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count())
-  fingerprint = config_fingerprint(config)
-  recipe = training_recipe(config)
-  multi_process = jax.process_count() > 1
-
-  def save(step, metrics=None, best=False, eval_pending=False):
-    meta = {'step': step, 'best_miou': best_miou, 'fingerprint': fingerprint,
-            'recipe': recipe, 'metrics': metrics or {}, 'eval_pending': eval_pending,
-            'run_id': ckpts.run_id}   # a best/ of another run is never taken for this one's
-    host_state = jax.device_get(state)
-    if best:   # committed before the latest that records its mIoU (checkpoint.py)
-      ckpts.save_best(step, host_state, meta)
-    ckpts.save_latest(step, host_state, meta)
-
-  def run_eval(done):
-    nonlocal best_miou
-    summary = evaluator.evaluate(
-        {'params': state['params'], 'batch_stats': state['batch_stats']},
-        num_episodes=eval_episodes, with_baselines=False)
-    writer.scalars(done, {'eval/miou': summary['miou'], 'eval/fb_iou': summary['fb_iou']})
-    improved = summary['miou'] > best_miou
-    best_miou = max(best_miou, summary['miou'])
-    bar.write(f'step {done}: mIoU {summary["miou"]:.2f}  FB-IoU {summary["fb_iou"]:.2f}'
-              f'{"  (best)" if improved else ""}')
-    save(done, {'miou': summary['miou'], 'fb_iou': summary['fb_iou']}, best=improved)
-
-  # The bar advances when steps are known finished (at log points, after the device sync), not
-  # as they are dispatched; its postfix shows the window's mean loss and episodes/s.
-  bar = tqdm.tqdm(total=total_steps, initial=start, desc='train', unit='step',
-                  dynamic_ncols=True, disable=jax.process_index() != 0)
-  add_window = jax.jit(lambda window, m: jax.tree_util.tree_map(jnp.add, window, m))
-  window = None   # on-device sums of the training scalars since the last log point
+  run.open(start, data.skips)
   preempted, final_step = None, start
   try:
     if meta is not None and meta.get('eval_pending') and evaluator is not None:
-      run_eval(start)   # the evaluation a signal cut off, so the run matches an uninterrupted one
-    t_last, steps_since = time.perf_counter(), 0
+      run.evaluate(evaluator, state, start)   # the evaluation a signal cut off, as uninterrupted
     for step in range(start, total_steps):
-      batch = sharding.to_global(next(data), mesh)
-      state, metrics, first_bad = step_fn(state, batch, first_bad)
-      scalar_metrics = {k: v for k, v in metrics.items() if not k.startswith('finite')}
-      window = scalar_metrics if window is None else add_window(window, scalar_metrics)
-      steps_since += 1
+      state, metrics, first_bad = step_fn(state, sharding.to_global(next(data), mesh), first_bad)
+      run.add(metrics)
       done = step + 1
       log_now = done % config.train.log_every == 0 or done == total_steps
       eval_now = evaluator is not None and (done % every_eval == 0 or done == total_steps)
       save_now = done % config.train.checkpoint_every == 0
-      if multi_process:   # every process must stop at the same step: agree at log points
-        stop_now = log_now and _any_process(stop.requested is not None)
-      else:
-        stop_now = stop.requested is not None
+      stop_now = _stop_requested(stop, log_now)
       if log_now or eval_now or save_now or stop_now:
         _raise_if_non_finite(first_bad, done, ckpts)
       if log_now:
-        # Means over the steps since the last log point (clu's metric_writers average the
-        # same way), not the last step's values.
-        sums = jax.device_get(window)
-        now = time.perf_counter()
-        eps = steps_since * config.train.batch_size / (now - t_last)
-        lr = float(schedule(step))
-        scalars = {k: float(v) / steps_since for k, v in sums.items()}
-        scalars.update(lr=lr, episodes_per_s=eps, skipped_samples=data.skips.count)
-        writer.scalars(done, {f'train/{k}': v for k, v in scalars.items()})
-        bar.update(steps_since)
-        bar.set_postfix({'loss': f'{scalars["loss"]:.3f}', 'lr': f'{lr:.2e}',
-                         'episodes/s': f'{eps:.1f}'})
-        t_last, steps_since, window = now, 0, None
+        run.log(done)
       if stop_now:
-        bar.update(steps_since)
-        steps_since, window = 0, None
         preempted = stop.requested or 'another process'
-        save(done, eval_pending=eval_now)
+        run.stop(state, done, preempted, eval_pending=eval_now)
         final_step = done
-        bar.write(f'{preempted}: saved step {done} in {ckpts.latest.directory}; '
-                  'run again with the same workdir to resume')
         break
       if eval_now:
-        run_eval(done)
+        run.evaluate(evaluator, state, done)
       elif save_now:
-        save(done)
+        run.save(state, done)
     else:
       _raise_if_non_finite(first_bad, total_steps, ckpts)
-      save(total_steps)
+      run.save(state, total_steps)
       final_step = total_steps
   finally:
-    bar.close()
+    run.close()
     data.close()
     ckpts.close()   # waits for the saves in flight
-    writer.close()
   if data.skips.count:
     logging.warning('%d training episodes were redrawn because of bad samples (last: %s)',
                     data.skips.count, data.skips.last)
   return {'step': final_step, 'preempted': preempted,
           'skipped_samples': data.skips.count}
+
+
+def _stop_requested(stop: StopSignals, log_now: bool) -> bool:
+  """Whether to stop after this step: a signal here; with several processes, a signal on any
+  process, agreed at log points (every process must stop at the same step)."""
+  if jax.process_count() > 1:
+    return log_now and _any_process(stop.requested is not None)
+  return stop.requested is not None
+
+
+class _Run:
+  """What a training run records as it goes: its best mIoU, checkpoints with their metadata,
+  the training scalars of each log window, TensorBoard and the progress bar."""
+
+  def __init__(self, config, workdir: str, ckpts: checkpoint.RunCheckpoints, total_steps: int,
+               best_miou: float):
+    self.config, self.ckpts, self.total_steps = config, ckpts, total_steps
+    self.best_miou = best_miou
+    self.fingerprint = train_state.config_fingerprint(config)
+    self.recipe = training_recipe(config)
+    self.schedule = optimizer.poly_lr(config, total_steps)
+    self.writer = workdir_io.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self._add = jax.jit(lambda window, m: jax.tree_util.tree_map(jnp.add, window, m))
+    self.window = None   # on-device sums of the training scalars since the last log point
+    self.steps_in_window = 0
+
+  def open(self, start: int, skips: pipeline.SkipCounter) -> None:
+    """Starts the bar at `start`. It advances when steps are known finished (at log points,
+    after the device sync), not as they are dispatched."""
+    self.skips = skips
+    self.bar = tqdm.tqdm(total=self.total_steps, initial=start, desc='train', unit='step',
+                         dynamic_ncols=True, disable=jax.process_index() != 0)
+    self.t_window = time.perf_counter()
+
+  def add(self, metrics: dict) -> None:
+    """Adds one step's scalars to the window (on device: no sync)."""
+    scalars = {k: v for k, v in metrics.items() if not k.startswith('finite')}
+    self.window = scalars if self.window is None else self._add(self.window, scalars)
+    self.steps_in_window += 1
+
+  def log(self, done: int) -> None:
+    """Writes the means over the window's steps (as clu's metric_writers average), not the
+    last step's values; the bar shows the mean loss, the learning rate and episodes/s."""
+    sums = jax.device_get(self.window)
+    now = time.perf_counter()
+    n = self.steps_in_window
+    eps = n * self.config.train.batch_size / (now - self.t_window)
+    lr = float(self.schedule(done - 1))
+    scalars = {k: float(v) / n for k, v in sums.items()}
+    scalars.update(lr=lr, episodes_per_s=eps, skipped_samples=self.skips.count)
+    self.writer.scalars(done, {f'train/{k}': v for k, v in scalars.items()})
+    self.bar.update(n)
+    self.bar.set_postfix({'loss': f'{scalars["loss"]:.3f}', 'lr': f'{lr:.2e}',
+                          'episodes/s': f'{eps:.1f}'})
+    self.t_window, self.steps_in_window, self.window = now, 0, None
+
+  def save(self, state, step: int, metrics=None, best=False, eval_pending=False) -> None:
+    meta = {'step': step, 'best_miou': self.best_miou, 'fingerprint': self.fingerprint,
+            'recipe': self.recipe, 'metrics': metrics or {}, 'eval_pending': eval_pending,
+            'run_id': self.ckpts.run_id}   # a best/ of another run is never taken for this one's
+    host_state = jax.device_get(state)
+    if best:   # committed before the latest that records its mIoU (checkpoint.py)
+      self.ckpts.save_best(step, host_state, meta)
+    self.ckpts.save_latest(step, host_state, meta)
+
+  def evaluate(self, evaluator, state, done: int) -> None:
+    """Evaluates on the test fold, logs it and saves (best/ too when the mIoU improved)."""
+    summary = evaluator.evaluate(
+        {'params': state['params'], 'batch_stats': state['batch_stats']},
+        num_episodes=int(self.config.eval.during_training_episodes), with_baselines=False)
+    self.writer.scalars(done, {'eval/miou': summary['miou'], 'eval/fb_iou': summary['fb_iou']})
+    improved = summary['miou'] > self.best_miou
+    self.best_miou = max(self.best_miou, summary['miou'])
+    self.bar.write(f'step {done}: mIoU {summary["miou"]:.2f}  FB-IoU {summary["fb_iou"]:.2f}'
+                   f'{"  (best)" if improved else ""}')
+    self.save(state, done, {'miou': summary['miou'], 'fb_iou': summary['fb_iou']},
+              best=improved)
+
+  def stop(self, state, done: int, signal_name: str, eval_pending: bool) -> None:
+    """Saves step `done` for a resume (with the evaluation it cut off pending)."""
+    self.bar.update(self.steps_in_window)
+    self.steps_in_window, self.window = 0, None
+    self.save(state, done, eval_pending=eval_pending)
+    self.bar.write(f'{signal_name}: saved step {done} in {self.ckpts.latest.directory}; '
+                   'run again with the same workdir to resume')
+
+  def close(self) -> None:
+    if hasattr(self, 'bar'):
+      self.bar.close()
+    self.writer.close()
 
 
 def _any_process(flag: bool) -> bool:
@@ -497,7 +416,7 @@ def _any_process(flag: bool) -> bool:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains MM-Net as configured, then evaluates the selected checkpoint; returns results.
+  """Trains the configured model, then evaluates the selected checkpoint; returns results.
 
   A run stopped by SIGTERM / SIGINT / SIGHUP returns `train`'s outcome (preempted set) unevaluated.
   """

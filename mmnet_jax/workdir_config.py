@@ -3,7 +3,8 @@
 `python main.py --mode=eval --workdir=DIR` (and `--mode=predict`) without `--config` uses
 `DIR/config.json`, which training writes: main.py passes `--config=<this file>:DIR`, so the
 usual `--config.eval.protocol=hsnet` overrides still apply on top of it. Fields added to the
-library since the run was recorded take their defaults (`mmnet_jax/default_config.py`), so an
+library since the run was recorded take the defaults of the recorded model
+(`mmnet_jax/default_config.py`, config.model.name; 'mmnet' before there was a name), so an
 older workdir still evaluates and its new fields can be overridden.
 """
 
@@ -17,6 +18,7 @@ import ml_collections
 
 from mmnet_jax import default_config
 from mmnet_jax import workdir_io
+from mmnet_jax.models import registry
 
 CONFIG_FILE = workdir_io.CONFIG_FILE
 
@@ -44,7 +46,12 @@ def load(workdir: str) -> ml_collections.ConfigDict:
   if not isinstance(recorded, dict):
     raise ValueError(f'{path}: expected a JSON object, got {type(recorded).__name__}')
   config = ml_collections.ConfigDict(_tuples(recorded))
-  added = _fill_missing(config, default_config.get_config())
+  model = registry.model_name(config.get('model') or {})
+  try:
+    defaults = default_config.get_config(model=model)
+  except registry.UnknownModelError as e:
+    raise ValueError(f'{path}: {e}') from e
+  added = _fill_missing(config, defaults)
   if added:
     logging.info('%s predates the fields %s: they take their defaults', path, added)
   return config

@@ -49,11 +49,16 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   write_json_atomic(os.path.join(workdir, CONFIG_FILE), config.to_dict())
 
 
+# Fingerprint fields added since checkpoints were first written: their value in older ones.
+LEGACY_FINGERPRINT = {'model_name': 'mmnet'}   # before the registry every run was MM-Net
+
+
 def check_fingerprint(meta: dict, expected: dict, where: str) -> None:
   """Raises a clear error when a checkpoint was written by another model or config."""
   found = meta.get('fingerprint')
   if found is None:
     return
+  found = {**LEGACY_FINGERPRINT, **found}
   expected = json.loads(json.dumps(expected))   # tuples -> lists, as stored in JSON
   diffs = [k for k in expected if found.get(k) != expected[k]]
   if diffs:

@@ -16,6 +16,7 @@ from PIL import Image
 from configs import synth_1shot
 from mmnet_jax import config_checks
 from mmnet_jax import train
+from mmnet_jax import train_state
 from mmnet_jax import workdir_io
 from mmnet_jax.data import episodes as ep
 from mmnet_jax.data import pipeline
@@ -131,7 +132,7 @@ def test_grayscale_rgba_and_cmyk_images_become_rgb():
 def test_empty_support_foreground_gives_finite_loss_and_gradients(compile_cache):
   config = shared_config()   # its init is in the compile cache of the training tests
   model = mmnet.build_model(config.model)
-  state, tx = train.create_state(model, config, total_steps=10)
+  state, tx = train_state.create_state(model, config, total_steps=10)
   rng = np.random.default_rng(0)
   query_label = (rng.random((2, 33, 33)) < 0.3).astype(np.int32)
   for support_value in (0, 255):   # all background; all ignore (e.g. cropped-out borders)
@@ -143,7 +144,7 @@ def test_empty_support_foreground_gives_finite_loss_and_gradients(compile_cache)
     def loss_fn(params):
       outputs, _ = model.apply({'params': params, 'batch_stats': state['batch_stats']},
                                batch['query_img'], batch['support_imgs'],
-                               train.support_masks(batch), train=True,
+                               train_state.support_masks(batch), train=True,
                                rngs={'dropout': jax.random.key(0)}, mutable=['batch_stats'])
       return train.losses.mmnet_loss(outputs, batch['query_label'])[0]
 

@@ -137,10 +137,11 @@ def test_frozen_backbone_has_no_backward_convs(freeze):
   config = benchmark.make_config(benchmark.parse_config_name('tiny-65-k1'), 2)
   config.model.freeze_backbone = freeze
   from mmnet_jax.models import mmnet   # pylint: disable=import-outside-toplevel
-  from mmnet_jax import train   # pylint: disable=import-outside-toplevel
+  from mmnet_jax import optimizer
+  from mmnet_jax import train_state
   model = mmnet.build_model(config.model)
-  state = train.abstract_state(model, config)   # tracing only: shapes are enough
-  tx = train.make_optimizer(config, 10, state['params'])
+  state = train_state.abstract_state(model, config)   # tracing only: shapes are enough
+  tx = optimizer.make_optimizer(config, 10, state['params'])
   counts = benchmark.frozen_backbone_convs(model, config, state, tx,
                                            benchmark.random_batch(2, 1, 65))
   # tiny backbone: stem 3 + 4 blocks x 3 + 4 projection shortcuts = 19 convs per image.

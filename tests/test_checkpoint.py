@@ -14,7 +14,7 @@ import pytest
 
 from mmnet_jax import checkpoint
 from mmnet_jax import evaluate
-from mmnet_jax import train
+from mmnet_jax import train_state
 from mmnet_jax import visualize
 from mmnet_jax import workdir_io
 from mmnet_jax.models import mmnet
@@ -29,14 +29,14 @@ def _model_and_state():
   model = mmnet.build_model(config.model)
   rng = np.random.default_rng(0)   # incompressible values: each array has its own data on disk
   state = jax.tree_util.tree_map(lambda x: rng.standard_normal(x.shape).astype(x.dtype),
-                                 train.abstract_state(model, config))
+                                 train_state.abstract_state(model, config))
   return config, model, state
 
 
 def _save(workdir, step, run_id='run-a', best=False, keep_latest=True):
   """A workdir with a (random) train state of the tiny config at `step`."""
   config, _, state = _model_and_state()
-  meta = {'step': step, 'fingerprint': train.config_fingerprint(config), 'run_id': run_id}
+  meta = {'step': step, 'fingerprint': train_state.config_fingerprint(config), 'run_id': run_id}
   ckpts = checkpoint.RunCheckpoints(workdir)
   try:
     if best:

@@ -13,7 +13,7 @@ import pytest
 from configs import synth_1shot
 from mmnet_jax import checkpoint
 from mmnet_jax import evaluate
-from mmnet_jax import train
+from mmnet_jax import train_state
 from mmnet_jax import workdir_config
 from mmnet_jax import workdir_io
 from mmnet_jax.models import mmnet
@@ -39,11 +39,11 @@ def workdir(tmp_path_factory):
   workdir = str(root / 'run')
   os.makedirs(workdir)
   model = mmnet.build_model(config.model)
-  state, _ = train.create_state(model, config, 10)
+  state, _ = train_state.create_state(model, config, 10)
   ckpts = checkpoint.RunCheckpoints(workdir)
   ckpts.save_latest(10, jax.device_get(state), {
       'step': 10, 'best_miou': -1.0, 'metrics': {},
-      'fingerprint': train.config_fingerprint(config)})
+      'fingerprint': train_state.config_fingerprint(config)})
   ckpts.close()
   workdir_io.write_config(config, workdir)
   return workdir

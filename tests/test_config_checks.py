@@ -11,7 +11,7 @@ from mmnet_jax import cli
 from mmnet_jax import config_checks
 from mmnet_jax import evaluate
 from mmnet_jax import protocols
-from mmnet_jax import train
+from mmnet_jax import train_state
 from mmnet_jax.models import mmnet
 
 
@@ -27,7 +27,7 @@ def test_the_documented_hsnet_protocol_runs_at_its_size():
   assert config_checks.problems(tiny) == []
   size = protocols.resolve(tiny).input_size
   model = mmnet.build_model(tiny.model)
-  variables = train.init_variables(model, tiny)
+  variables = train_state.init_variables(model, tiny)
   batch = {'query_img': jnp.zeros((1, size, size, 3)),
            'support_imgs': jnp.zeros((1, 1, size, size, 3)),
            'support_labels': jnp.ones((1, 1, size, size), jnp.int32)}

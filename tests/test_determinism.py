@@ -15,6 +15,7 @@ import pytest
 from configs import synth_1shot
 from mmnet_jax import checkpoint
 from mmnet_jax import train
+from mmnet_jax import train_state
 from mmnet_jax.models import mmnet
 
 NUM_STEPS = 8
@@ -98,7 +99,7 @@ def load_state(config, workdir: str, best: bool = False):
   """(host numpy state, meta) of the workdir's latest (or best) checkpoint."""
   model = mmnet.build_model(config.model)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = checkpoint.abstract_like(train.abstract_state(model, config), device)
+  abstract = checkpoint.abstract_like(train_state.abstract_state(model, config), device)
   ckpts = checkpoint.RunCheckpoints(workdir)
   try:
     state, meta = checkpoint.restore(ckpts.best if best else ckpts.latest, abstract)
@@ -146,7 +147,7 @@ def test_two_runs_give_bitwise_identical_parameters(tmp_path, compile_cache):
   assert meta['step'] == NUM_STEPS and int(again['step']) == NUM_STEPS
   assert_bitwise_equal(again, reference)
   # Training did change the parameters (the equality above is not between two initial states).
-  fresh, _ = train.create_state(mmnet.build_model(config.model), config, NUM_STEPS)
+  fresh, _ = train_state.create_state(mmnet.build_model(config.model), config, NUM_STEPS)
   moved = [not np.array_equal(np.asarray(x), y) for x, y in zip(
       jax.tree_util.tree_leaves(fresh['params']), jax.tree_util.tree_leaves(again['params']))]
   assert sum(moved) > len(moved) // 2

@@ -13,7 +13,7 @@ from configs import synth_1shot
 from mmnet_jax import evaluate
 from mmnet_jax import metrics
 from mmnet_jax import sharding
-from mmnet_jax import train
+from mmnet_jax import train_state
 from mmnet_jax.data import datasets
 from mmnet_jax.data import pipeline
 from mmnet_jax.data import stretch_batches
@@ -30,7 +30,7 @@ def setup(tmp_path_factory):
   c.eval.num_episodes = 20
   c.eval.baselines = False
   model = mmnet.build_model(c.model)
-  variables = train.init_variables(model, c)
+  variables = train_state.init_variables(model, c)
   _, test_classes = datasets.fold_classes('synthetic', c.dataset.fold)
   return c, model, variables, sharding.make_mesh(), test_classes
 

@@ -10,7 +10,7 @@ import pytest
 from configs import synth_1shot
 from mmnet_jax import convert
 from mmnet_jax import evaluate
-from mmnet_jax import train
+from mmnet_jax import train_state
 from mmnet_jax.models import mmnet
 
 
@@ -23,10 +23,10 @@ def setup(tmp_path_factory):
   c.eval.num_episodes = 16
   c.eval.pictures = 2
   model = mmnet.build_model(c.model)
-  fresh = jax.device_get(train.init_variables(model, c))
+  fresh = jax.device_get(train_state.init_variables(model, c))
   c_other = c.copy_and_resolve_references()
   c_other.seed = c.seed + 1
-  other = jax.device_get(train.init_variables(model, c_other))
+  other = jax.device_get(train_state.init_variables(model, c_other))
   full_dir = str(tmp_path_factory.mktemp('weights') / 'full')
   convert.save_converted(other, full_dir)
   backbone_dir = str(tmp_path_factory.mktemp('weights') / 'backbone')
@@ -43,7 +43,7 @@ def test_full_import_replaces_every_parameter(setup):
   c, _, fresh, other, full_dir, _ = setup
   c = c.copy_and_resolve_references()
   c.init_from, c.init_from_format = full_dir, 'full'
-  loaded = train.load_init_from(c, fresh)
+  loaded = train_state.load_init_from(c, fresh)
   assert _leaves_equal(loaded['params'], other['params'])
   assert _leaves_equal(loaded['batch_stats'], other['batch_stats'])
 
@@ -52,7 +52,7 @@ def test_backbone_import_keeps_the_fresh_head(setup):
   c, _, fresh, other, full_dir, _ = setup
   c = c.copy_and_resolve_references()
   c.init_from, c.init_from_format = full_dir, 'backbone'
-  loaded = train.load_init_from(c, fresh)
+  loaded = train_state.load_init_from(c, fresh)
   assert _leaves_equal(loaded['params']['backbone'], other['params']['backbone'])
   assert _leaves_equal(loaded['params']['decoder'], fresh['params']['decoder'])
   assert not _leaves_equal(loaded['params']['decoder'], other['params']['decoder'])
@@ -63,7 +63,7 @@ def test_full_import_of_a_backbone_file_names_the_missing_modules(setup):
   c = c.copy_and_resolve_references()
   c.init_from, c.init_from_format = backbone_dir, 'full'
   with pytest.raises(ValueError, match="lacks the modules .*'decoder'"):
-    train.load_init_from(c, fresh)
+    train_state.load_init_from(c, fresh)
 
 
 def test_eval_of_converted_weights_without_a_checkpoint(setup, tmp_path):

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from configs import default
+from mmnet_jax import optimizer
 from mmnet_jax import train
 
 
@@ -23,7 +24,7 @@ def _config(total=10):
 
 def test_poly_lr_counts_from_one_and_reaches_zero():
   c = _config()
-  schedule = train.poly_lr(c, 10)
+  schedule = optimizer.poly_lr(c, 10)
   # step 0 is the original's iteration 1
   assert float(schedule(0)) == pytest.approx(0.025 * (1 - 1 / 10) ** 0.9, rel=1e-6)
   assert float(schedule(4)) == pytest.approx(0.025 * (1 - 5 / 10) ** 0.9, rel=1e-6)
@@ -34,7 +35,7 @@ def test_sgd_matches_hand_computed_torch_semantics():
   c = _config(total=10)
   params = {'backbone': {'w': jnp.array([1.0, -2.0])}, 'head': {'w': jnp.array([0.5, 3.0])}}
   c.model.freeze_backbone = True
-  tx = train.make_optimizer(c, 10, params)
+  tx = optimizer.make_optimizer(c, 10, params)
   state = tx.init(params)
   grads_seq = [np.array([0.1, -0.3]), np.array([0.2, 0.05])]
   p = np.array([0.5, 3.0])
@@ -55,7 +56,7 @@ def test_unfrozen_backbone_is_trained():
   c = _config()
   c.model.freeze_backbone = False
   params = {'backbone': {'w': jnp.array([1.0])}}
-  tx = train.make_optimizer(c, 10, params)
+  tx = optimizer.make_optimizer(c, 10, params)
   updates, _ = tx.update({'backbone': {'w': jnp.array([1.0])}}, tx.init(params), params)
   assert float(updates['backbone']['w'][0]) < 0
 
@@ -78,7 +79,7 @@ def test_poly_lr_is_finite_and_ends_at_exactly_zero_for_every_length():
   last step and the 0.9th power NaN (2,560 of these T: 3, 5, 10, 20, 250, 500, 1000, ...)."""
   c = _config()
   total = np.arange(1, 5001)
-  schedule = jax.jit(train.poly_lr(c, total))
+  schedule = jax.jit(optimizer.poly_lr(c, total))
   last = np.asarray(schedule(total - 1))
   assert np.all(last == 0.0), total[last != 0.0][:10]
   for step in (np.zeros_like(total), total // 2, np.maximum(total - 2, 0), total, total + 7):
@@ -88,6 +89,6 @@ def test_poly_lr_is_finite_and_ends_at_exactly_zero_for_every_length():
     np.testing.assert_allclose(lr, 0.025 * (1 - t / total) ** 0.9, rtol=1e-5, atol=1e-12)
   # One scalar T per program (as train.py compiles it) agrees with the array form.
   for t in (3, 5, 10, 20, 250, 500, 1000, 2000):
-    per_t = jax.jit(train.poly_lr(c, t))
+    per_t = jax.jit(optimizer.poly_lr(c, t))
     assert float(per_t(t - 1)) == 0.0 and float(per_t(t - 2)) > 0.0
     assert float(per_t(t // 2)) == pytest.approx(float(schedule(total // 2)[t - 1]), rel=1e-6)

@@ -17,6 +17,7 @@ from mmnet_jax import evaluate
 from mmnet_jax import metrics
 from mmnet_jax import predict
 from mmnet_jax import train
+from mmnet_jax import train_state
 from mmnet_jax.data import augment
 from mmnet_jax.data import datasets
 from mmnet_jax.data import episodes
@@ -58,7 +59,7 @@ def workdir(tmp_path_factory, config, voc):
   """A checkpoint trained for a few steps on the photo, saved like train.py saves one."""
   workdir = str(tmp_path_factory.mktemp('run'))
   model = mmnet.build_model(config.model)
-  state, tx = train.create_state(model, config, TRAIN_STEPS)
+  state, tx = train_state.create_state(model, config, TRAIN_STEPS)
   step = jax.jit(train.make_train_step(model, tx, config))
   batch = _episode_batch(config, voc['rgb'], voc['class_label'], (PERSON, CHAIR))
   losses = []
@@ -68,7 +69,7 @@ def workdir(tmp_path_factory, config, voc):
   assert losses[-1] < losses[0]
   ckpts = checkpoint.RunCheckpoints(workdir)
   meta = {'step': TRAIN_STEPS, 'best_miou': -1.0, 'metrics': {},
-          'fingerprint': train.config_fingerprint(config)}
+          'fingerprint': train_state.config_fingerprint(config)}
   ckpts.save_latest(TRAIN_STEPS, jax.device_get(state), meta)
   ckpts.close()
   return workdir

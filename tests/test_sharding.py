@@ -7,6 +7,7 @@ import pytest
 from configs import synth_1shot
 from mmnet_jax import sharding
 from mmnet_jax import train
+from mmnet_jax import train_state
 from mmnet_jax.models import mmnet
 
 GLOBAL_BATCH = 8
@@ -58,7 +59,7 @@ def test_train_step_on_8_devices_equals_1_device():
   assert jax.device_count() >= 8, 'conftest forces 8 CPU devices'
   config = _config()
   model = mmnet.build_model(config.model)
-  state, tx = train.create_state(model, config, total_steps=10)
+  state, tx = train_state.create_state(model, config, total_steps=10)
   host_batch = _batch(config)
   one, m1 = _step_on(jax.devices()[:1], config, model, state, tx, host_batch)
   eight, m8 = _step_on(jax.devices()[:8], config, model, state, tx, host_batch)

@@ -14,6 +14,7 @@ from configs import synth_1shot
 from mmnet_jax import cli
 from mmnet_jax import evaluate
 from mmnet_jax import train
+from mmnet_jax import train_state
 from mmnet_jax.data import dataset_registry
 from mmnet_jax.data import datasets
 from mmnet_jax.data import episodes
@@ -44,7 +45,7 @@ def test_loss_falls_on_a_fixed_batch(config):
   pool = pipeline.train_pool(dataset_registry.open_split(config.dataset, 'train'), train_classes, config)
   batch = next(pipeline.train_dataset(pool, config, host_batch_size=config.train.batch_size))
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
-  state, tx = train.create_state(model, config, total_steps=100)
+  state, tx = train_state.create_state(model, config, total_steps=100)
   step = jax.jit(train.make_train_step(model, tx, config))
   losses = []
   for _ in range(8):

@@ -10,7 +10,7 @@ import pytest
 from configs import synth_1shot
 from mmnet_jax import conventions
 from mmnet_jax import evaluate
-from mmnet_jax import train
+from mmnet_jax import train_state
 from mmnet_jax import visualize
 from mmnet_jax import workdir_io
 from mmnet_jax.data import datasets
@@ -190,7 +190,7 @@ def test_grids_through_the_real_evaluator(tmp_path):
   model = mmnet.build_model(config.model)
   _, test_classes = datasets.fold_classes('synthetic', 0)
   evaluator = evaluate.Evaluator(config, model, evaluate.sharding.make_mesh(), test_classes)
-  variables = train.init_variables(model, config)
+  variables = train_state.init_variables(model, config)
   hook = visualize.EpisodeGrids(str(tmp_path / 'run'), max_episodes=3, step=1)
   summary = evaluator.evaluate(variables, num_episodes=10, on_batch=hook)
   hook.close()

@@ -232,7 +232,7 @@ def our_state(torch_model, config, shots: int):
   """Our model, train state and optimiser with the torch model's (converted) weights."""
   import jax.numpy as jnp
   import torch
-  from mmnet_jax import train
+  from mmnet_jax import optimizer
   from mmnet_jax.models import mmnet
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, 'official.pth')
@@ -242,7 +242,7 @@ def our_state(torch_model, config, shots: int):
     variables = parity_official._our_variables(  # pylint: disable=protected-access
         path, config.model.to_dict(), shots)
   model = mmnet.build_model(config.model)
-  tx = train.make_optimizer(config, 1000, variables['params'])
+  tx = optimizer.make_optimizer(config, 1000, variables['params'])
   state = {'step': jnp.zeros((), jnp.int32), 'params': variables['params'],
            'batch_stats': variables['batch_stats'], 'opt_state': tx.init(variables['params'])}
   return model, state, tx

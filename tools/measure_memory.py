@@ -76,7 +76,9 @@ def xla_memory(kind: str, size: int, shots: int, chunk: int, backbone: str = 're
   import jax.numpy as jnp
   from configs import default
   from mmnet_jax import benchmark
+  from mmnet_jax import optimizer
   from mmnet_jax import train
+  from mmnet_jax import train_state
   from mmnet_jax.models import mmnet
   config = default.get_config(f'shots={shots}')
   config.model.backbone = backbone
@@ -85,14 +87,14 @@ def xla_memory(kind: str, size: int, shots: int, chunk: int, backbone: str = 're
   config.train.crop_size = size
   config.train.batch_size = 1
   model = mmnet.build_model(config.model)
-  state = train.abstract_state(model, config)
+  state = train_state.abstract_state(model, config)
   sds = jax.ShapeDtypeStruct
   batch = {'query_img': sds((1, size, size, 3), jnp.float32),
            'support_imgs': sds((1, shots, size, size, 3), jnp.float32),
            'query_label': sds((1, size, size), jnp.int32),
            'support_labels': sds((1, shots, size, size), jnp.int32)}
   if kind == 'train':
-    tx = train.make_optimizer(config, 1000, state['params'])
+    tx = optimizer.make_optimizer(config, 1000, state['params'])
     fn = jax.jit(train.make_train_step(model, tx, config), donate_argnums=(0,))
     args = (state, batch)
   else:

@@ -31,7 +31,7 @@ def main() -> None:
   import jax.numpy as jnp
   import numpy as np
   from configs import default
-  from mmnet_jax import train
+  from mmnet_jax import train_state
   from mmnet_jax.models import losses, mmnet
 
   config = default.get_config(f'shots={args.shots}')
@@ -48,7 +48,7 @@ def main() -> None:
       y, x = r.integers(s // 8, s // 2, size=2)
       labels[i, j, y:y + s // 3, x:x + s // 3] = 1
   masks = jnp.asarray(labels[:, 1:] == 1, jnp.float32)
-  variables = train.init_variables(mmnet.build_model(config.model), config)
+  variables = train_state.init_variables(mmnet.build_model(config.model), config)
 
   outs = {}
   for dtype in ('float32', 'bfloat16'):

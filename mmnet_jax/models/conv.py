@@ -15,6 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# config.model.dtype -> the computation dtype of the convolutions (parameters stay float32).
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 
 

@@ -21,13 +21,13 @@ import jax.numpy as jnp
 from mmnet_jax.models import memory as memory_lib
 from mmnet_jax.models import propagation
 from mmnet_jax.models.backbone import ResNetBackbone, backbone_output, feature_size, get_spec
+from mmnet_jax.models.conv import DTYPES
 from mmnet_jax.models.decoder import FEMDecoder
 from mmnet_jax.models.mid_level import MidLevelReduce, check_episode_inputs
 from mmnet_jax.models.prior import confidence_map
 from mmnet_jax.models.resize import resize_bilinear_align_corners
 
 BN_MODES = ('train', 'frozen')
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 class MMNet(nn.Module):

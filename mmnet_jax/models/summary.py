@@ -1,28 +1,15 @@
-"""Per-module parameter counts of an MMNet parameter tree."""
+"""--mode=summary: per-module parameter counts of a model's parameter tree, beside the original's.
+
+The rows (their order and grouping) come from the model's registry spec (`summary_groups`).
+"""
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
-
-# Rows of the table, in the model's data-flow order: (label, top-level key, decoder prefix).
-_GROUPS = (
-    ('backbone', 'backbone', None),
-    ('down_query', 'down_query', None),
-    ('down_supp', 'down_supp', None),
-    ('memory', 'memory', None),
-    ('decoder/init_merge', 'decoder', 'init_merge'),
-    ('decoder/alpha_conv', 'decoder', 'alpha_conv'),
-    ('decoder/beta_conv', 'decoder', 'beta_conv'),
-    ('decoder/inner_cls', 'decoder', 'inner_cls'),
-    ('decoder/res1', 'decoder', 'res1'),
-    ('decoder/res2', 'decoder', 'res2'),
-    ('decoder/cls', 'decoder', 'cls'),
-)
-
 
 def count_parameters(tree: Any) -> int:
   """Total number of elements in a pytree of arrays or ShapeDtypeStructs."""
@@ -33,15 +20,18 @@ def _decoder_prefix(name: str) -> str:
   return re.sub(r'_\d+$', '', name)
 
 
-def module_counts(params: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+def module_counts(params: Mapping[str, Any], groups: Sequence[tuple[str, str, str | None]] = ()
+                  ) -> dict[str, tuple[int, int]]:
   """label -> (number of instances, parameters) for every group present in ``params``.
+
+  `groups`: (label, top-level key, prefix or None) rows, the model spec's `summary_groups`.
 
   Decoder submodules with a scale suffix (``init_merge_0`` ...) are grouped by prefix.
   Top-level keys outside the known groups get their own row.
   """
   rows: dict[str, tuple[int, int]] = {}
   seen = set()
-  for label, top, prefix in _GROUPS:
+  for label, top, prefix in groups:
     if top not in params:
       continue
     if prefix is None:
@@ -62,14 +52,18 @@ def module_counts(params: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
   return rows
 
 
-def parameter_table(params: Mapping[str, Any], freeze_backbone: bool | None = None) -> str:
+def parameter_table(params: Mapping[str, Any], freeze_backbone: bool | None = None,
+                    groups: Sequence[tuple[str, str, str | None]] = (),
+                    reference: int | None = None, reference_note: str = '') -> str:
   """A text table: module, instances, parameters; then head, backbone and total lines.
 
   A header line explains the columns. With `freeze_backbone` (config.model.freeze_backbone)
-  a last line counts the parameters the optimizer trains (train.trainable_labels: the
+  a last line counts the parameters the optimizer trains (optimizer.trainable_labels: the
   backbone subtree is frozen or not); without it the table makes no claim about training.
+  With `reference` (the model spec's `reference_params` of this backbone: the original's own
+  torch count) a line states it and the difference, with `reference_note` saying why.
   """
-  rows = module_counts(params)
+  rows = module_counts(params, groups)
   width = max(len(k) for k in rows) + 2
   lines = ['x: instances of the module (the FEM modules have one per scale); params: learnable '
            'parameters (BN running mean/var are batch_stats, not counted)',
@@ -86,4 +80,10 @@ def parameter_table(params: Mapping[str, Any], freeze_backbone: bool | None = No
     why = 'the backbone is frozen' if freeze_backbone else 'the backbone is trained too'
     lines.append(f'{"trainable":<{width}}{"":>4}{trained:>14,}  '
                  f'(model.freeze_backbone={bool(freeze_backbone)}: {why})')
+  if reference is not None:
+    diff = total - reference
+    same = 'the same count' if diff == 0 else f'ours {diff:+,}'
+    note = f'; {reference_note}' if reference_note else ''
+    lines.append(f'{"original":<{width}}{"":>4}{reference:>14,}  (the original torch model: '
+                 f'{same}{note})')
   return '\n'.join(lines)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mmnet_jax.models.mmnet import MMNet, build_model
+from mmnet_jax.models import mmnet_spec
 from mmnet_jax.models.summary import count_parameters, module_counts
 
 TINY = dict(backbone='tiny', reduce_dim=32, memory_slots=8, ppm_scales=(5, 3, 2, 1.0))
@@ -88,7 +89,7 @@ def test_resnet50_parameter_counts_match_the_original():
              [(1, 473, 473, 3), (1, 1, 473, 473, 3), (1, 1, 473, 473)])
   params = jax.eval_shape(lambda q, s, m: model.init({'params': jax.random.key(0)}, q, s, m),
                           q, s, m)['params']
-  rows = module_counts(params)
+  rows = module_counts(params, mmnet_spec.SUMMARY_GROUPS)
   assert count_parameters(params) == 33_988_554
   assert rows['backbone'] == (1, 23_631_808)
   assert rows['down_query'] == rows['down_supp'] == (1, 393_216)
