@@ -12,9 +12,10 @@ Arg: `fold=N,shots=K,smoke,runlocal`:
 from configs import default
 
 
-def get_config(arg=None):
+def get_config(arg=None, model='mmnet'):
+  """The benchmark's recipe for `model` (configs/pfenet/synth_1shot.py passes 'pfenet')."""
   args = default.parse_arg(arg, fold=0, shots=1, smoke=False, runlocal=False)
-  c = default.get_config(f"fold={args['fold']},shots={args['shots']}")
+  c = default.get_config(f"fold={args['fold']},shots={args['shots']}", model=model)
   c.dataset.name = 'synthetic'
   c.dataset.min_class_pixels = 200
   c.model.backbone = 'tiny'

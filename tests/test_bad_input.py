@@ -20,6 +20,7 @@ from mmnet_jax import train_state
 from mmnet_jax import workdir_io
 from mmnet_jax.data import episodes as ep
 from mmnet_jax.data import pipeline
+from mmnet_jax.models import losses
 from mmnet_jax.models import mmnet
 from tests.data.test_episodes import make_split
 from tests.data.test_pipeline import toy_config, toy_split
@@ -146,7 +147,7 @@ def test_empty_support_foreground_gives_finite_loss_and_gradients(compile_cache)
                                batch['query_img'], batch['support_imgs'],
                                train_state.support_masks(batch), train=True,
                                rngs={'dropout': jax.random.key(0)}, mutable=['batch_stats'])
-      return train.losses.mmnet_loss(outputs, batch['query_label'])[0]
+      return losses.mmnet_loss(outputs, batch['query_label'])[0]
 
     loss, grads = jax.jit(jax.value_and_grad(loss_fn))(state['params'])
     assert np.isfinite(float(loss))
@@ -174,12 +175,30 @@ def test_config_errors_name_the_field_and_the_expected_value():
 
 
 @pytest.mark.parametrize('name', ['default', 'synth_1shot', 'synth_5shot', 'pascal_1shot',
-                                  'pascal_5shot', 'coco_1shot', 'coco_5shot'])
+                                  'pascal_5shot', 'coco_1shot', 'coco_5shot',
+                                  'pfenet.synth_1shot', 'pfenet.pascal_1shot',
+                                  'pfenet.pascal_5shot', 'pfenet.coco_1shot',
+                                  'pfenet.coco_5shot'])
 def test_shipped_configs_pass_the_checks(name):
   import importlib
   module = importlib.import_module(f'configs.{name}')
   for arg in (None, 'runlocal'):
     assert config_checks.problems(module.get_config(arg)) == []
+
+
+@pytest.mark.parametrize('name', ['coco_1shot', 'coco_5shot', 'pfenet.coco_1shot',
+                                  'pfenet.coco_5shot'])
+def test_coco_configs_follow_the_originals_yaml(name):
+  """MM-Net's and PFENet's config/coco/coco_split0_resnet101.yaml: fractional FEM bins (the
+  MM-Net COCO configs had PASCAL's 60/30/15/8), 641 crops, batch 32, lr 0.02, 50 epochs."""
+  import importlib
+  c = importlib.import_module(f'configs.{name}').get_config()
+  assert c.model.name == ('pfenet' if name.startswith('pfenet') else 'mmnet')
+  assert c.model.ppm_scales == (1.0, 0.5, 0.25, 0.125)
+  assert (c.model.backbone, c.train.crop_size, c.train.batch_size, c.train.base_lr,
+          c.train.epochs, c.train.scale_min, c.train.scale_max) == (
+              'resnet101', 641, 32, 0.02, 50, 0.8, 1.25)
+  assert c.shots == (5 if '5shot' in name else 1)
 
 
 def test_train_refuses_a_bad_config_before_touching_the_workdir(tmp_path):

@@ -6,5 +6,5 @@ from configs.pfenet import coco_1shot
 
 def get_config(arg=None):
   args = default.parse_arg(arg, fold=0, shots=5, runlocal=False)
-  return coco_1shot.coco(default.get_config(f"fold={args['fold']},shots={args['shots']}",
-                                            model='pfenet'), args['runlocal'])
+  return coco_1shot.get_config(f"fold={args['fold']},shots={args['shots']}"
+                               f"{',runlocal' if args['runlocal'] else ''}")

@@ -6,33 +6,8 @@ Arg: `fold=N,shots=K,smoke,runlocal`:
   on 2 shared cores (`python main.py --config=configs/pfenet/synth_1shot.py:smoke`).
 * `runlocal`: the smallest config that runs every code path (tests); too small to learn."""
 
-from configs import default
 from configs import synth_1shot
 
 
 def get_config(arg=None):
-  args = default.parse_arg(arg, fold=0, shots=1, smoke=False, runlocal=False)
-  c = default.get_config(f"fold={args['fold']},shots={args['shots']}", model='pfenet')
-  c.dataset.name = 'synthetic'
-  c.dataset.min_class_pixels = 200
-  c.model.backbone = 'tiny'
-  c.model.freeze_backbone = False
-  c.model.reduce_dim = 64
-  c.model.ppm_scales = (1.0, 0.5, 0.25, 0.125)
-  c.train.crop_size = 129
-  c.train.batch_size = 8
-  c.train.num_steps = 1500
-  c.train.base_lr = 0.005
-  c.train.log_every = 25
-  c.train.eval_every = 500
-  c.train.checkpoint_every = 250
-  c.eval.size = 129
-  c.eval.num_episodes = 1000
-  c.eval.during_training_episodes = 300
-  c.eval.batch_size = 8
-  c.eval.max_label_size = 192
-  if args['smoke']:
-    synth_1shot.smoke(c)
-  if args['runlocal']:
-    default.runlocal(c)
-  return c
+  return synth_1shot.get_config(arg, model='pfenet')
