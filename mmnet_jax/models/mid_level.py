@@ -10,9 +10,42 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmnet_jax.models.backbone import feature_size
+from mmnet_jax.models.backbone import feature_size, get_spec
+from mmnet_jax.models.conv import DTYPES
 from mmnet_jax.models.decoder import channel_dropout
 from mmnet_jax.models.initializers import torch_conv
+
+
+BN_MODES = ('train', 'frozen')
+
+
+def module_kwargs(model_config: Any, fields) -> dict:
+  """The module attributes `fields` found in ``config.model`` (a ConfigDict, mapping or object);
+  absent ones keep the module's defaults."""
+  get = (model_config.get if hasattr(model_config, 'get')
+         else lambda k, d: getattr(model_config, k, d))
+  kwargs = {}
+  for field in fields:
+    value = get(field, None)
+    if value is not None:
+      kwargs[field] = tuple(value) if field == 'ppm_scales' else value
+  return kwargs
+
+
+def check_family_fields(module) -> None:
+  """Raises ValueError naming the bad config.model field among those the family shares."""
+  get_spec(module.backbone)
+  if module.bn_mode not in BN_MODES:
+    raise ValueError(f'config.model.bn_mode must be one of {BN_MODES}, got {module.bn_mode!r}')
+  if module.dtype not in DTYPES:
+    raise ValueError(f'config.model.dtype must be one of {sorted(DTYPES)}, got {module.dtype!r}')
+  if int(module.attention_chunk) < 0:
+    raise ValueError(f'config.model.attention_chunk must be >= 0 (0 = off), '
+                     f'got {module.attention_chunk}')
+  if not module.ppm_scales:
+    raise ValueError('config.model.ppm_scales must not be empty')
+  if int(module.reduce_dim) < 1:
+    raise ValueError(f'config.model.reduce_dim must be >= 1, got {module.reduce_dim}')
 
 
 class MidLevelReduce(nn.Module):

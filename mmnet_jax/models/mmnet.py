@@ -20,14 +20,17 @@ import jax.numpy as jnp
 
 from mmnet_jax.models import memory as memory_lib
 from mmnet_jax.models import propagation
-from mmnet_jax.models.backbone import ResNetBackbone, backbone_output, feature_size, get_spec
+from mmnet_jax.models.backbone import ResNetBackbone, backbone_output, feature_size
 from mmnet_jax.models.conv import DTYPES
 from mmnet_jax.models.decoder import FEMDecoder
-from mmnet_jax.models.mid_level import MidLevelReduce, check_episode_inputs
+from mmnet_jax.models.mid_level import (MidLevelReduce, check_episode_inputs,
+                                        check_family_fields, module_kwargs)
 from mmnet_jax.models.prior import confidence_map
 from mmnet_jax.models.resize import resize_bilinear_align_corners
 
-BN_MODES = ('train', 'frozen')
+_FIELDS = ('backbone', 'reduce_dim', 'memory_slots', 'ppm_scales', 'bn_mode', 'freeze_backbone',
+           'kshot_mask_compat', 'feature_dropout', 'head_dropout', 'num_classes', 'dtype',
+           'attention_chunk')
 
 
 class MMNet(nn.Module):
@@ -66,34 +69,15 @@ class MMNet(nn.Module):
   @classmethod
   def from_config(cls, model_config: Any) -> 'MMNet':
     """Builds the model from ``config.model`` (a ConfigDict or mapping); missing keys default."""
-    get = (model_config.get if hasattr(model_config, 'get')
-           else lambda k, d: getattr(model_config, k, d))
-    kwargs = {}
-    for field in ('backbone', 'reduce_dim', 'memory_slots', 'ppm_scales', 'bn_mode',
-                  'freeze_backbone', 'kshot_mask_compat', 'feature_dropout', 'head_dropout',
-                  'num_classes', 'dtype', 'attention_chunk'):
-      value = get(field, None)
-      if value is not None:
-        kwargs[field] = tuple(value) if field == 'ppm_scales' else value
-    model = cls(**kwargs)
+    model = cls(**module_kwargs(model_config, _FIELDS))
     model.check_config()
     return model
 
   def check_config(self) -> None:
     """Raises ValueError naming the bad config.model field."""
-    get_spec(self.backbone)
-    if self.bn_mode not in BN_MODES:
-      raise ValueError(f'config.model.bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}')
-    if self.dtype not in DTYPES:
-      raise ValueError(f'config.model.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}')
-    if int(self.attention_chunk) < 0:
-      raise ValueError(f'config.model.attention_chunk must be >= 0 (0 = off), '
-                       f'got {self.attention_chunk}')
-    if not self.ppm_scales:
-      raise ValueError('config.model.ppm_scales must not be empty')
-    for name in ('reduce_dim', 'memory_slots'):
-      if int(getattr(self, name)) < 1:
-        raise ValueError(f'config.model.{name} must be >= 1, got {getattr(self, name)}')
+    check_family_fields(self)
+    if int(self.memory_slots) < 1:
+      raise ValueError(f'config.model.memory_slots must be >= 1, got {self.memory_slots}')
 
   @nn.compact
   def __call__(self, query_img: jax.Array, support_imgs: jax.Array, support_masks: jax.Array,

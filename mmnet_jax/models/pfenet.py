@@ -18,14 +18,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmnet_jax.models.backbone import ResNetBackbone, backbone_output, feature_size, get_spec
+from mmnet_jax.models.backbone import ResNetBackbone, backbone_output, feature_size
 from mmnet_jax.models.conv import DTYPES
 from mmnet_jax.models.decoder import FEMDecoder
-from mmnet_jax.models.mid_level import MidLevelReduce, check_episode_inputs
+from mmnet_jax.models.mid_level import (MidLevelReduce, check_episode_inputs,
+                                        check_family_fields, module_kwargs)
 from mmnet_jax.models.prior import confidence_map
 from mmnet_jax.models.resize import resize_bilinear_align_corners
 
-BN_MODES = ('train', 'frozen')
 GAP_EPS = 0.0005   # Weighted_GAP's area guard (an empty mask gives a zero prototype)
 
 _FIELDS = ('backbone', 'reduce_dim', 'ppm_scales', 'bn_mode', 'freeze_backbone',
@@ -80,31 +80,13 @@ class PFENet(nn.Module):
   @classmethod
   def from_config(cls, model_config: Any) -> 'PFENet':
     """Builds the model from ``config.model`` (a ConfigDict or mapping); missing keys default."""
-    get = (model_config.get if hasattr(model_config, 'get')
-           else lambda k, d: getattr(model_config, k, d))
-    kwargs = {}
-    for field in _FIELDS:
-      value = get(field, None)
-      if value is not None:
-        kwargs[field] = tuple(value) if field == 'ppm_scales' else value
-    model = cls(**kwargs)
+    model = cls(**module_kwargs(model_config, _FIELDS))
     model.check_config()
     return model
 
   def check_config(self) -> None:
     """Raises ValueError naming the bad config.model field."""
-    get_spec(self.backbone)
-    if self.bn_mode not in BN_MODES:
-      raise ValueError(f'config.model.bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}')
-    if self.dtype not in DTYPES:
-      raise ValueError(f'config.model.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}')
-    if int(self.attention_chunk) < 0:
-      raise ValueError(f'config.model.attention_chunk must be >= 0 (0 = off), '
-                       f'got {self.attention_chunk}')
-    if not self.ppm_scales:
-      raise ValueError('config.model.ppm_scales must not be empty')
-    if int(self.reduce_dim) < 1:
-      raise ValueError(f'config.model.reduce_dim must be >= 1, got {self.reduce_dim}')
+    check_family_fields(self)
 
   @nn.compact
   def __call__(self, query_img: jax.Array, support_imgs: jax.Array, support_masks: jax.Array,
