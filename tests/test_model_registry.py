@@ -172,3 +172,17 @@ def test_a_model_from_its_own_file_trains_evaluates_and_predicts_through_main(tm
               f'--query={tmp_path / "img.png"}', f'--output={tmp_path / "pred.png"}')
   assert out.returncode == 0, out.stderr[-3000:]
   assert Image.open(tmp_path / 'pred.png').size == (48, 40)
+
+
+@pytest.mark.parametrize('config_file, original, diff', [
+    ('configs/pascal_1shot.py', '34,120,138', 'ours -131,584'),
+    ('configs/pfenet/pascal_1shot.py', '34,448,842', 'the same count')])
+def test_summary_states_the_originals_parameter_count(config_file, original, diff):
+  import importlib.util
+  from mmnet_jax import cli
+  spec = importlib.util.spec_from_file_location('_summary_config', REPO / config_file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  text = cli.run('summary', module.get_config(), None)
+  line = next(row for row in text.splitlines() if row.startswith('original'))
+  assert original in line and diff in line

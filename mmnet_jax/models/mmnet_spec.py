@@ -104,6 +104,9 @@ SPEC = registry.register(registry.ModelSpec(
     fingerprint_exclude=('dtype', 'attention_chunk'),
     convert_formats=CONVERT_FORMATS,
     summary_groups=SUMMARY_GROUPS,
-    reference_params={'resnet50': 34_120_138, 'resnet101': 53_112_266},  # with unused alpha/beta
+    # torch: sum of the original's parameters(), pretrained=False (parity_official --count-params)
+    reference_params={'resnet50': 34_120_138, 'resnet101': 53_112_266},
+    reference_note=('the original builds two Linear(256, 256) layers, alpha and beta, that its '
+                    'forward never uses (131,584 parameters; the converter skips them)'),
     runlocal=runlocal,
 ))
