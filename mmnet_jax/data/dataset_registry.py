@@ -40,24 +40,24 @@ def _open_synthetic(dataset_config, split):
   return synthetic_tfds.open_split(synthetic_config_from(dataset_config), split, data_dir)
 
 
-def _open_pascal(dataset_config, split):
-  from mmnet_jax.data import pascal
-  return pascal.open_split(
+def _open_downloaded(module, dataset_config, split):
+  """`module.open_split` of a dataset built from the user's downloads (pascal, coco)."""
+  return module.open_split(
       manual_dir=_field(dataset_config, 'manual_dir', ''), split=split,
       data_dir=_field(dataset_config, 'data_dir', None) or default_data_dir(),
       list_file=_field(dataset_config, 'list_file', ''),
       val_list_file=_field(dataset_config, 'val_list_file', ''),
       pool_options=_pool_options(dataset_config))
+
+
+def _open_pascal(dataset_config, split):
+  from mmnet_jax.data import pascal
+  return _open_downloaded(pascal, dataset_config, split)
 
 
 def _open_coco(dataset_config, split):
   from mmnet_jax.data import coco
-  return coco.open_split(
-      manual_dir=_field(dataset_config, 'manual_dir', ''), split=split,
-      data_dir=_field(dataset_config, 'data_dir', None) or default_data_dir(),
-      list_file=_field(dataset_config, 'list_file', ''),
-      val_list_file=_field(dataset_config, 'val_list_file', ''),
-      pool_options=_pool_options(dataset_config))
+  return _open_downloaded(coco, dataset_config, split)
 
 
 def _pool_options(dataset_config):
