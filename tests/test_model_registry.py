@@ -104,6 +104,27 @@ def test_shared_modules_import_no_specific_model():
     assert not graph[name] & set(SPECIFIC_MODELS), (name, graph[name] & set(SPECIFIC_MODELS))
 
 
+def model_families(graph) -> dict[str, set[str]]:
+  """Built-in model name -> its own modules (models/<name>, models/<name>_*)."""
+  prefix = 'mmnet_jax.models.'
+  return {name: {m for m in graph if m.startswith(prefix) and
+                 (m[len(prefix):] == name or m[len(prefix):].startswith(name + '_'))}
+          for name in registry.BUILTIN}
+
+
+def test_a_model_never_imports_another_model():
+  """STYLE.md: shared pieces live in shared modules (pfenet_spec once imported mmnet_spec for
+  the family's config checks; they live in models/mid_level now)."""
+  graph = import_graph()
+  families = model_families(graph)
+  assert {'mmnet_jax.models.mmnet_spec', 'mmnet_jax.models.mmnet_keys'} <= families['mmnet']
+  assert 'mmnet_jax.models.pfenet_spec' in families['pfenet']
+  for name, own in families.items():
+    others = set().union(*(m for n, m in families.items() if n != name))
+    for module in own:
+      assert not graph[module] & others, (module, graph[module] & others)
+
+
 def test_unknown_model_names_the_choices():
   with pytest.raises(registry.UnknownModelError, match=r"'mmnet', 'pfenet'"):
     registry.get('nope')

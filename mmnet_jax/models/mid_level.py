@@ -48,6 +48,22 @@ def check_family_fields(module) -> None:
     raise ValueError(f'config.model.reduce_dim must be >= 1, got {module.reduce_dim}')
 
 
+def check_config_fields(c, config) -> None:
+  """config_checks.Checker rules for the config.model fields the family shares (MM-Net, PFENet)."""
+  from mmnet_jax.models import backbone  # pylint: disable=g-import-not-at-top
+  del config
+  c.one_of('model.backbone', tuple(backbone.BACKBONES))
+  c.int_at_least('model.reduce_dim', 1)
+  c.one_of('model.bn_mode', BN_MODES)
+  c.num_in('model.feature_dropout', 0, 1, high_open=True)
+  c.num_in('model.head_dropout', 0, 1, high_open=True)
+  c.check('model.ppm_scales', lambda v: len(v) >= 1 and all(
+      isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in v),
+          'a non-empty list of positive scales')
+  c.one_of('model.dtype', tuple(DTYPES))
+  c.num_in('train.aux_weight', 0, float('inf'), high_open=True)
+
+
 class MidLevelReduce(nn.Module):
   """``conv`` 1x1 (no bias) + ReLU + Dropout2d: down_query / down_supp of the originals."""
   features: int

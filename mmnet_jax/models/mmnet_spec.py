@@ -58,25 +58,9 @@ def loss(outputs, query_label, train_config):
                            recon_weight=train_config.recon_weight)
 
 
-def check_backbone_fields(c, config) -> None:
-  """The fields every FEM model of this family shares (MM-Net and PFENet)."""
-  from mmnet_jax.models import backbone
-  from mmnet_jax.models import conv
-  del config
-  c.one_of('model.backbone', tuple(backbone.BACKBONES))
-  c.int_at_least('model.reduce_dim', 1)
-  c.one_of('model.bn_mode', ('train', 'frozen'))
-  c.num_in('model.feature_dropout', 0, 1, high_open=True)
-  c.num_in('model.head_dropout', 0, 1, high_open=True)
-  c.check('model.ppm_scales', lambda v: len(v) >= 1 and all(
-      isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in v),
-          'a non-empty list of positive scales')
-  c.one_of('model.dtype', tuple(conv.DTYPES))
-  c.num_in('train.aux_weight', 0, float('inf'), high_open=True)
-
-
 def check(c, config) -> None:
-  check_backbone_fields(c, config)
+  from mmnet_jax.models import mid_level  # pylint: disable=g-import-not-at-top
+  mid_level.check_config_fields(c, config)
   c.int_at_least('model.memory_slots', 1)
   c.int_at_least('model.attention_chunk', 0)   # 0: all query pixels at once
   c.num_in('train.recon_weight', 0, float('inf'), high_open=True)

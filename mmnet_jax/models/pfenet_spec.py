@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ml_collections
 
-from mmnet_jax.models import mmnet_spec
 from mmnet_jax.models import pfenet_keys
 from mmnet_jax.models import registry
 
@@ -57,7 +56,8 @@ def loss(outputs, query_label, train_config):
 
 
 def check(c, config) -> None:
-  mmnet_spec.check_backbone_fields(c, config)
+  from mmnet_jax.models import mid_level  # pylint: disable=g-import-not-at-top
+  mid_level.check_config_fields(c, config)
   c.int_at_least('model.attention_chunk', 0)   # 0: all query pixels at once
 
 
