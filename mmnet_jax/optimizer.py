@@ -17,8 +17,9 @@ import optax
 from mmnet_jax.models import registry
 
 
-def poly_lr(config: ml_collections.ConfigDict, total_steps: int):
-  """The learning rate of 0-based step s: the original's poly rule with t = s + 1."""
+def poly_lr(config: ml_collections.ConfigDict, total_steps: int, dtype=jnp.float32):
+  """The learning rate of 0-based step s: the original's poly rule with t = s + 1, in
+  ``dtype`` (the parameters'; float64 only for float64 parameters)."""
   peak = config.train.lr_multiplier * config.train.base_lr
   power = config.train.poly_power
 
@@ -27,7 +28,7 @@ def poly_lr(config: ml_collections.ConfigDict, total_steps: int):
     # step: in floats, XLA's t * (1/T) leaves -1.5e-8 there for T = 3, 5, 10, ... and its
     # 0.9th power is NaN. Works for an array of T too (one schedule per entry).
     remaining = jnp.maximum(total_steps - (jnp.asarray(step) + 1), 0)
-    fraction = remaining.astype(jnp.float32) / jnp.asarray(total_steps, jnp.float32)
+    fraction = remaining.astype(dtype) / jnp.asarray(total_steps, dtype)
     return peak * fraction ** power
   return schedule
 
@@ -42,12 +43,19 @@ def trainable_labels(params: Any, freeze_backbone: bool,
   return jax.tree_util.tree_map_with_path(label, params)
 
 
+def _float_dtype(params: Any):
+  """float32, or float64 when the parameters are (a float64 lr keeps their precision)."""
+  leaves = [x for x in jax.tree_util.tree_leaves(params) if hasattr(x, 'dtype')]
+  return jnp.float64 if any(x.dtype == jnp.float64 for x in leaves) else jnp.float32
+
+
 def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
                    params: Any) -> optax.GradientTransformation:
   """torch-style SGD (decay added to the gradient before momentum) on trainable parameters."""
   sgd = optax.chain(
       optax.add_decayed_weights(config.train.weight_decay),
-      optax.sgd(poly_lr(config, total_steps), momentum=config.train.momentum))
+      optax.sgd(poly_lr(config, total_steps, _float_dtype(params)),
+                momentum=config.train.momentum))
   return optax.multi_transform(
       {'trainable': sgd, 'frozen': optax.set_to_zero()},
       trainable_labels(params, bool(config.model.get('freeze_backbone', False)),

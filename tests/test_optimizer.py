@@ -92,3 +92,24 @@ def test_poly_lr_is_finite_and_ends_at_exactly_zero_for_every_length():
     per_t = jax.jit(optimizer.poly_lr(c, t))
     assert float(per_t(t - 1)) == 0.0 and float(per_t(t - 2)) > 0.0
     assert float(per_t(t // 2)) == pytest.approx(float(schedule(total // 2)[t - 1]), rel=1e-6)
+
+
+def test_float64_parameters_get_a_float64_learning_rate():
+  # The parity tool's float64 check compares updates to ~1e-13: a float32 lr (6e-8 off
+  # torch's Python-float poly rule) would cap it there.
+  c = _config(total=7)
+  if hasattr(jax, 'enable_x64'):
+    x64 = jax.enable_x64(True)
+  else:
+    from jax.experimental import enable_x64  # pylint: disable=g-import-not-at-top
+    x64 = enable_x64()
+  with x64:
+    params = {'head': {'w': jnp.array([1.0, -2.0], jnp.float64)}}
+    tx = optimizer.make_optimizer(c, 7, params)
+    grads = {'head': {'w': jnp.array([0.1, 0.3], jnp.float64)}}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    lr = 0.025 * (1 - 1 / 7) ** 0.9   # torch's util.poly_learning_rate at iteration 1
+    expected = -lr * (np.array([0.1, 0.3]) + 1e-4 * np.array([1.0, -2.0]))
+    assert updates['head']['w'].dtype == jnp.float64
+    np.testing.assert_allclose(updates['head']['w'], expected, rtol=1e-14)
+  assert optimizer.poly_lr(c, 7)(0).dtype == jnp.float32   # float32 parameters: unchanged

@@ -12,6 +12,8 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mmnet_jax.models.conv import wide_dtype
+
 
 class BatchNorm(nn.Module):
   """torch-semantics BatchNorm over the last (channel) axis.
@@ -19,8 +21,8 @@ class BatchNorm(nn.Module):
   Params: ``scale`` (1s), ``bias`` (0s). batch_stats: ``mean`` (0s), ``var`` (1s).
   With ``use_running_average=False`` the batch statistics normalise the input and, when the
   'batch_stats' collection is mutable (and not during init), the running stats are updated.
-  Statistics and the normalisation are float32 whatever the input dtype (bf16 sums of many
-  pixels lose the mean); the output has the input's dtype.
+  Statistics and the normalisation are float32 for bfloat16 or float32 input (bf16 sums of
+  many pixels lose the mean), float64 for float64; the output has the input's dtype.
   """
   momentum: float = 0.1
   epsilon: float = 1e-5
@@ -29,7 +31,7 @@ class BatchNorm(nn.Module):
   def __call__(self, x, use_running_average: bool):
     c = x.shape[-1]
     out_dtype = x.dtype
-    x = x.astype(jnp.float32)
+    x = x.astype(wide_dtype(x.dtype))
     scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
     ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))

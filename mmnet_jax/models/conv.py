@@ -16,7 +16,15 @@ import jax
 import jax.numpy as jnp
 
 # config.model.dtype -> the computation dtype of the convolutions (parameters stay float32).
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# float64 (needs jax_enable_x64 and float64 variables) is for exactness checks against torch
+# in double precision (tools/parity_official.py --dtype float64).
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
+
+
+def wide_dtype(dtype) -> jnp.dtype:
+  """The dtype of statistics, cosines, softmaxes and losses for inputs of ``dtype``: float32
+  (bfloat16 sums of many pixels lose the mean), float64 for float64 inputs."""
+  return jnp.promote_types(dtype, jnp.float32)
 
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 

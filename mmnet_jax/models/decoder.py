@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmnet_jax.models.conv import wide_dtype
 from mmnet_jax.models.initializers import torch_conv
 from mmnet_jax.models.pooling import adaptive_avg_pool
 from mmnet_jax.models.resize import resize_bilinear_align_corners
@@ -88,7 +89,8 @@ def scale_size(scale: float, feat_hw: tuple[int, int]) -> tuple[int, int]:
 class FEMDecoder(nn.Module):
   """Returns (logits at feature size (B, h, w, classes), tuple of aux logits per scale).
 
-  Computes in ``dtype``; the logits are returned in float32 (losses and scoring need it).
+  Computes in ``dtype``; the logits are returned in float32 (losses and scoring need it), or
+  float64 when ``dtype`` is.
   """
   ppm_scales: Sequence[float] = (60, 30, 15, 8)
   reduce_dim: int = 256
@@ -108,6 +110,7 @@ class FEMDecoder(nn.Module):
                        f'got {self.query_resize!r}')
     feat_hw = query_map.shape[1:3]
     d, dt = self.reduce_dim, self.dtype
+    wide = wide_dtype(dt)
     query_map, prior = query_map.astype(dt), prior.astype(dt)
     resize_query = QUERY_RESIZE[self.query_resize]
     pyramid, aux = [], []
@@ -126,9 +129,9 @@ class FEMDecoder(nn.Module):
             jnp.concatenate([merge, prev], axis=-1)) + merge
       merge = DoubleConv3x3(d, dtype=dt, name=f'beta_conv_{b}')(merge) + merge
       aux.append(SegHead(d, self.num_classes, self.head_dropout, dtype=dt,
-                         name=f'inner_cls_{b}')(merge, train).astype(jnp.float32))
+                         name=f'inner_cls_{b}')(merge, train).astype(wide))
       pyramid.append(resize_bilinear_align_corners(merge, feat_hw))
     x = Conv1x1ReLU(d, dtype=dt, name='res1')(jnp.concatenate(pyramid, axis=-1))
     x = DoubleConv3x3(d, dtype=dt, name='res2')(x) + x
     logits = SegHead(d, self.num_classes, self.head_dropout, dtype=dt, name='cls')(x, train)
-    return logits.astype(jnp.float32), tuple(aux)
+    return logits.astype(wide), tuple(aux)

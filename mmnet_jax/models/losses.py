@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from mmnet_jax import conventions
+from mmnet_jax.models.conv import wide_dtype
 from mmnet_jax.models.resize import resize_bilinear_align_corners
 
 
@@ -26,7 +27,7 @@ def cross_entropy_ignore(logits: jax.Array, labels: jax.Array,
     raise ValueError(f'logits {logits.shape} and labels {labels.shape} disagree in (B, H, W)')
   valid = labels != ignore_index
   safe = jnp.where(valid, labels, 0).astype(jnp.int32)
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  log_probs = jax.nn.log_softmax(logits.astype(wide_dtype(logits.dtype)), axis=-1)
   nll = -jnp.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]
   n_valid = jnp.sum(valid)
   return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(n_valid, 1)
@@ -48,7 +49,8 @@ def mmnet_loss(outputs: Mapping[str, Any], query_label: jax.Array, aux_weight: f
     the auxiliary heads) are upsampled to the label size with align-corners bilinear.
   """
   main, aux = main_and_aux(outputs, query_label)
-  recon = jnp.asarray(outputs['recon_loss'], jnp.float32)
+  recon = jnp.asarray(outputs['recon_loss'])
+  recon = recon.astype(wide_dtype(recon.dtype))
   total = main + aux_weight * aux + recon_weight * recon
   return total, {'main': main, 'aux': aux, 'recon': recon}
 

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from mmnet_jax.models import chunked
+from mmnet_jax.models.conv import wide_dtype
 from mmnet_jax.models.initializers import memory_slot_init
 
 
@@ -50,9 +51,9 @@ def reconstruction_loss(feat: jax.Array, slots: jax.Array, chunk: int = 0) -> ja
     slots: (C, N) memory.
     chunk: > 0 computes the (HW, HW) logits for that many original pixels j at a time.
   Returns:
-    float32 scalar, unweighted.
+    float32 scalar (float64 for float64 features), unweighted.
   """
-  feat = feat.astype(jnp.float32)
+  feat = feat.astype(wide_dtype(feat.dtype))
   attn = jax.nn.softmax(activations(feat, slots), axis=-1)  # (B, HW, N)
   recon = jnp.einsum('bpn,cn->bpc', attn, slots)  # (B, HW_recon, C)
 

@@ -39,6 +39,9 @@ def check_family_fields(module) -> None:
     raise ValueError(f'config.model.bn_mode must be one of {BN_MODES}, got {module.bn_mode!r}')
   if module.dtype not in DTYPES:
     raise ValueError(f'config.model.dtype must be one of {sorted(DTYPES)}, got {module.dtype!r}')
+  if module.dtype == 'float64' and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
+    raise ValueError("config.model.dtype 'float64' needs jax.config.update('jax_enable_x64', "
+                     'True) (and float64 variables)')
   if int(module.attention_chunk) < 0:
     raise ValueError(f'config.model.attention_chunk must be >= 0 (0 = off), '
                      f'got {module.attention_chunk}')

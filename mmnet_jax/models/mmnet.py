@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from mmnet_jax.models import memory as memory_lib
 from mmnet_jax.models import propagation
 from mmnet_jax.models.backbone import ResNetBackbone, backbone_output, feature_size
-from mmnet_jax.models.conv import DTYPES
+from mmnet_jax.models.conv import DTYPES, wide_dtype
 from mmnet_jax.models.decoder import FEMDecoder
 from mmnet_jax.models.mid_level import (MidLevelReduce, check_episode_inputs,
                                         check_family_fields, module_kwargs)
@@ -48,7 +48,9 @@ class MMNet(nn.Module):
     feature_dropout: Dropout2d rate after down_query / down_supp (0.5).
     head_dropout: Dropout2d rate in the classifier heads (0.1).
     dtype: computation dtype of the convolutions, 'float32' or 'bfloat16' (mixed precision:
-      parameters, BN statistics, memory, prior, propagation, logits and losses stay float32).
+      parameters, BN statistics, memory, prior, propagation, logits and losses stay float32),
+      or 'float64' (everything in float64: needs jax_enable_x64 and float64 variables; the
+      parity tool's exactness check).
     attention_chunk: > 0 computes the pixel-to-pixel matrices (propagation attention, prior
       cosines, reconstruction logits) for at most that many query pixels at a time; 0 = all
       at once (the dataclass default; the configs use 1024).
@@ -97,11 +99,12 @@ class MMNet(nn.Module):
     b, h_in, w_in, _ = query_img.shape
     k_shots = check_episode_inputs(query_img, support_imgs, support_masks)
     support_hw = feature_size(*support_imgs.shape[2:4])
-    support_masks = support_masks.astype(jnp.float32)
+    support_masks = support_masks.astype(wide_dtype(DTYPES[self.dtype]))
 
     use_running_average = not (train and self.bn_mode == 'train')
     frozen = self.freeze_backbone
-    dt, chunk, f32 = DTYPES[self.dtype], int(self.attention_chunk), jnp.float32
+    dt, chunk = DTYPES[self.dtype], int(self.attention_chunk)
+    f32 = wide_dtype(dt)  # memory, prior, propagation: float32 (float64 in float64)
     backbone = ResNetBackbone(self.backbone, dtype=dt, name='backbone')
     down_query = MidLevelReduce(self.reduce_dim, self.feature_dropout, dtype=dt, name='down_query')
     down_supp = MidLevelReduce(self.reduce_dim, self.feature_dropout, dtype=dt, name='down_supp')

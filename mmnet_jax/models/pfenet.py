@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from mmnet_jax.models.backbone import ResNetBackbone, backbone_output, feature_size
-from mmnet_jax.models.conv import DTYPES
+from mmnet_jax.models.conv import DTYPES, wide_dtype
 from mmnet_jax.models.decoder import FEMDecoder
 from mmnet_jax.models.mid_level import (MidLevelReduce, check_episode_inputs,
                                         check_family_fields, module_kwargs)
@@ -33,7 +33,8 @@ _FIELDS = ('backbone', 'reduce_dim', 'ppm_scales', 'bn_mode', 'freeze_backbone',
 
 
 def weighted_gap(features: jax.Array, mask: jax.Array) -> jax.Array:
-  """PFENet's Weighted_GAP: the mask-weighted mean of the features, in float32.
+  """PFENet's Weighted_GAP: the mask-weighted mean of the features, in float32 (float64 for
+  float64 features).
 
   Args:
     features: (B, h, w, C) support features.
@@ -42,7 +43,7 @@ def weighted_gap(features: jax.Array, mask: jax.Array) -> jax.Array:
     (B, C) = sum(features * mask) / (sum(mask) + 0.0005), the sums written as the original's
     means times h * w.
   """
-  f32 = jnp.float32
+  f32 = wide_dtype(features.dtype)
   _, h, w, _ = features.shape
   mask = mask.astype(f32)[..., None]
   area = jnp.mean(mask, axis=(1, 2)) * h * w + GAP_EPS   # (B, 1)
@@ -62,7 +63,8 @@ class PFENet(nn.Module):
     feature_dropout: Dropout2d rate after down_query / down_supp (0.5).
     head_dropout: Dropout2d rate in the classifier heads (0.1).
     dtype: computation dtype of the convolutions, 'float32' or 'bfloat16' (prototype, prior,
-      logits and losses stay float32).
+      logits and losses stay float32), or 'float64' (everything in float64: needs
+      jax_enable_x64 and float64 variables; the parity tool's exactness check).
     attention_chunk: > 0 computes the prior's cosines for at most that many query pixels at a
       time; 0 = all at once.
   """
@@ -107,7 +109,7 @@ class PFENet(nn.Module):
     _, h_in, w_in, _ = query_img.shape
     k_shots = check_episode_inputs(query_img, support_imgs, support_masks)
     support_hw = feature_size(*support_imgs.shape[2:4])
-    support_masks = support_masks.astype(jnp.float32)
+    support_masks = support_masks.astype(wide_dtype(DTYPES[self.dtype]))
 
     use_running_average = not (train and self.bn_mode == 'train')
     frozen = self.freeze_backbone

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from mmnet_jax.models import chunked
+from mmnet_jax.models.conv import wide_dtype
 from mmnet_jax.models.cosine import l2_norm
 
 COSINE_EPS = 1e-7
@@ -17,7 +18,7 @@ COSINE_EPS = 1e-7
 
 def confidence_map(query_feat: jax.Array, support_feat: jax.Array, support_mask: jax.Array,
                    chunk: int = 0) -> jax.Array:
-  """One shot's prior, computed in float32.
+  """One shot's prior, computed in float32 (float64 for float64 features).
 
   Args:
     query_feat: (B, h, w, C) query layer4 features.
@@ -27,7 +28,7 @@ def confidence_map(query_feat: jax.Array, support_feat: jax.Array, support_mask:
   Returns:
     (B, h, w) confidence in [0, 1).
   """
-  f32 = jnp.float32
+  f32 = wide_dtype(query_feat.dtype)
   b, h, w, c = query_feat.shape
   q = query_feat.astype(f32).reshape(b, h * w, c)  # (B, HW_q, C)
   s = (support_feat.astype(f32) * support_mask.astype(f32)[..., None]).reshape(b, -1, c)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from mmnet_jax.models import chunked
+from mmnet_jax.models.conv import wide_dtype
 from mmnet_jax.models.cosine import l2_norm
 
 COSINE_EPS = 1e-7
@@ -20,7 +21,8 @@ def propagate(query_act: jax.Array, support_act: jax.Array, support_mask: jax.Ar
   entries that are then exactly zero are set to -1e9 (as the original's masked_fill), so
   masked support pixels get zero attention. W = softmax_j S; P = W sigmoid(A_s).
   The quality score q(i) = sum_j sigmoid(S(i, j)) (masked entries contribute 0).
-  Computed in float32 whatever the input dtype (cosines, -1e9 and the softmax need it).
+  Computed in float32 for bfloat16 or float32 input (cosines, -1e9 and the softmax need it),
+  float64 for float64.
 
   Args:
     query_act: (B, HW_q, N) query activations.
@@ -31,7 +33,7 @@ def propagate(query_act: jax.Array, support_act: jax.Array, support_mask: jax.Ar
   Returns:
     P: (B, HW_q, N) propagated activations; q: (B, HW_q) quality scores.
   """
-  f32 = jnp.float32
+  f32 = wide_dtype(jnp.result_type(query_act, support_act))
   support_act = support_act.astype(f32)
   support_mask = support_mask.astype(f32)
   s_norm = l2_norm(support_act, axis=-1)  # (B, HW_s)

@@ -15,23 +15,26 @@ import numpy as np
 
 
 @functools.lru_cache(maxsize=256)
-def interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
+def interpolation_matrix(in_size: int, out_size: int, coords: str = 'float32') -> np.ndarray:
   """Returns the (out_size, in_size) align-corners linear interpolation matrix (float64).
 
   Output sample i reads source coordinate i * (in - 1) / (out - 1); with one output sample
-  (or one input sample) every output reads source index 0, as torch does.
+  (or one input sample) every output reads source index 0, as torch does. ``coords``: the
+  precision of that coordinate, torch's for the data's dtype (float for float32 and
+  bfloat16, double for float64; the fraction differs by up to 3e-5 between the two).
   """
   if in_size < 1 or out_size < 1:
     raise ValueError(f'resize sizes must be >= 1, got in_size={in_size}, out_size={out_size}')
+  ct = {'float32': np.float32, 'float64': np.float64}[coords]
   if out_size == 1 or in_size == 1:
-    src = np.zeros(out_size, np.float32)
+    src = np.zeros(out_size, ct)
   else:
-    # float32 like torch's kernels (scale and coordinate in float), so weights match bit-close.
-    scale = np.float32(in_size - 1) / np.float32(out_size - 1)
-    src = (scale * np.arange(out_size, dtype=np.float32)).astype(np.float32)
+    # In torch's precision (scale and coordinate in float), so weights match bit-close.
+    scale = ct(in_size - 1) / ct(out_size - 1)
+    src = (scale * np.arange(out_size, dtype=ct)).astype(ct)
   lo = np.clip(np.floor(src).astype(np.int64), 0, in_size - 1)
   hi = np.minimum(lo + 1, in_size - 1)
-  frac = (src - lo.astype(np.float32)).astype(np.float64)
+  frac = (src - lo.astype(ct)).astype(np.float64)
   mat = np.zeros((out_size, in_size))
   rows = np.arange(out_size)
   np.add.at(mat, (rows, lo), 1.0 - frac)
@@ -54,10 +57,11 @@ def resize_bilinear_align_corners(x: jax.Array, size: tuple[int, int]) -> jax.Ar
   _, in_h, in_w, _ = x.shape
   # HIGHEST: TPU/GPU default f32 matmuls round to bf16/tf32; interpolation weights should not.
   hi = jax.lax.Precision.HIGHEST
+  coords = 'float64' if x.dtype == jnp.float64 else 'float32'
   if out_h != in_h:
-    mh = jnp.asarray(interpolation_matrix(in_h, out_h), x.dtype)
+    mh = jnp.asarray(interpolation_matrix(in_h, out_h, coords), x.dtype)
     x = jnp.einsum('oh,bhwc->bowc', mh, x, precision=hi)
   if out_w != in_w:
-    mw = jnp.asarray(interpolation_matrix(in_w, out_w), x.dtype)
+    mw = jnp.asarray(interpolation_matrix(in_w, out_w, coords), x.dtype)
     x = jnp.einsum('ow,bhwc->bhoc', mw, x, precision=hi)
   return x

@@ -124,3 +124,50 @@ def test_bad_dtype_and_chunk_name_the_field():
     MMNet.from_config(dict(TINY, dtype='float16'))
   with pytest.raises(ValueError, match='config.model.attention_chunk'):
     MMNet.from_config(dict(TINY, attention_chunk=-1))
+
+
+def _x64():
+  """jax_enable_x64 for a block: jax.enable_x64 (jax >= 0.8) or jax.experimental's."""
+  if hasattr(jax, 'enable_x64'):
+    return jax.enable_x64(True)
+  from jax.experimental import enable_x64  # pylint: disable=g-import-not-at-top
+  return enable_x64()
+
+
+@pytest.mark.parametrize('name', ['mmnet', 'pfenet'])
+def test_float64_computes_every_layer_and_gradient_in_float64(name, variables):
+  # The parity tool's exactness check (--dtype float64) needs ours in float64 end to end: a
+  # layer that casts to float32 (BN, losses, memory, prior, propagation, logits used to)
+  # would cap the agreement with torch's .double() at float32 rounding.
+  from mmnet_jax.models.pfenet import PFENet  # pylint: disable=g-import-not-at-top
+  cls = MMNet if name == 'mmnet' else PFENet
+  tiny = TINY if name == 'mmnet' else {k: v for k, v in TINY.items() if k != 'memory_slots'}
+  q, s, m = _inputs(2, 2, 41)
+  v32 = variables if name == 'mmnet' else jax.jit(
+      lambda q, s, m: cls(**tiny).init(jax.random.key(0), q, s, m))(q, s, m)
+  with _x64():
+    v64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), v32)
+    q64, s64, m64 = (jnp.asarray(x, jnp.float64) for x in (q, s, m))
+    net = cls(**tiny, dtype='float64')
+
+    def loss(params):
+      o, _ = net.apply({'params': params, 'batch_stats': v64['batch_stats']}, q64, s64, m64,
+                       train=True, rngs={'dropout': jax.random.key(1)}, mutable=['batch_stats'])
+      return jnp.mean(o['logits'] ** 2) + sum(jnp.mean(a ** 2) for a in o['aux_logits']) + \
+          o.get('recon_loss', 0.0)
+    out = jax.jit(net.apply)(v64, q64, s64, m64)
+    grads = jax.jit(jax.grad(loss))(v64['params'])
+    arrays = [out['logits'], *out['aux_logits']] + ([out['recon_loss']] if name == 'mmnet' else [])
+    assert all(a.dtype == jnp.float64 for a in arrays), [a.dtype for a in arrays]
+    assert all(g.dtype == jnp.float64 for g in jax.tree_util.tree_leaves(grads))
+    logits64 = np.asarray(out['logits'])
+  ref = jax.jit(cls(**tiny).apply)(v32, q, s, m)
+  err = _rel(jnp.asarray(logits64, jnp.float32), ref['logits'])
+  assert err < 1e-4, err   # the same model; float32 rounding only
+  assert np.max(np.abs(logits64 - np.asarray(ref['logits'], np.float64))) > 0  # not float32
+
+
+def test_float64_without_x64_names_the_setting():
+  q, s, m = _inputs(1, 1, 41)
+  with pytest.raises(ValueError, match="config.model.dtype 'float64' needs .*jax_enable_x64"):
+    MMNet(**TINY, dtype='float64').init(jax.random.key(0), q, s, m)

@@ -64,3 +64,29 @@ def test_matches_torch(src, dst):
                                         align_corners=True).numpy()
   out = resize_bilinear_align_corners(jnp.asarray(x.transpose(0, 2, 3, 1)), dst)
   np.testing.assert_allclose(np.asarray(out).transpose(0, 3, 1, 2), ref, atol=1e-5)
+
+
+def test_float64_data_get_float64_coordinates_as_torch_double():
+  # torch computes the source coordinate i * (in - 1) / (out - 1) in the data's precision:
+  # float for float32 (kept bit-close by default), double for float64 (the parity tool's
+  # exactness check). 8 -> 60 (a FEM bin back to the feature size): 7 / 59 is inexact, so
+  # float32 coordinates put float32 rounding into the weights.
+  exact = np.arange(60) * (7 / 59)
+  lo = np.floor(exact).astype(int)
+  m64 = interpolation_matrix(8, 60, 'float64')
+  np.testing.assert_allclose(m64[np.arange(59), lo[:-1] + 1], (exact - lo)[:-1], atol=1e-15)
+  m32 = interpolation_matrix(8, 60)
+  assert 1e-8 < np.max(np.abs(m32 - m64)) < 1e-5
+  with _x64():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 8, 8, 1)))
+    out = resize_bilinear_align_corners(x, (60, 60))
+    assert out.dtype == jnp.float64
+    np.testing.assert_allclose(out[0, :, :, 0], m64 @ np.asarray(x[0, :, :, 0]) @ m64.T,
+                               rtol=0, atol=1e-13)
+
+
+def _x64():
+  if hasattr(jax, 'enable_x64'):
+    return jax.enable_x64(True)
+  from jax.experimental import enable_x64  # pylint: disable=g-import-not-at-top
+  return enable_x64()
