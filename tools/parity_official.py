@@ -1,7 +1,8 @@
 """Numerical parity of mmnet_jax against the original PyTorch MM-Net or PFENet.
 
     python tools/parity_official.py --model mmnet|pfenet --official-repo PATH \
-        [--depth 50] [--size 473] [--shots 1,5] [--steps 3] [--out docs/parity.md]
+        [--depth 50] [--size 473] [--shots 1,5] [--steps 3] [--dtype float32|float64]
+        [--out docs/parity.md]
 
 Needs torch and a checkout of the original repository (MM-Net: model/PartNet.py, PFENet:
 model/PFENet.py, both with util/util.py). Nothing from it is copied: it is imported from
@@ -30,11 +31,19 @@ model/PFENet.py, both with util/util.py). Nothing from it is copied: it is impor
      every group); ours runs mmnet_jax.optimizer.make_optimizer and train.make_train_step. The loss of
      each step, then every parameter, its total update and the BN running stats after the
      last step.
+--dtype float64 (the exactness check; its own section, <!-- parity:MODEL-float64 -->): steps
+5-7 with both sides in float64 (torch .double(), its support mask's .float() made double;
+ours jax_enable_x64 and config.model.dtype 'float64'), each on its own backbone, tolerance
+EXACT_TOLERANCE. Then ours in float32 against ours in float64, as is and with every ReLU's
+derivative pinned to the float64 run's: how much of the float32 gap is ReLU inputs within
+rounding of 0 taking the other branch (a discrete change of the gradient), and that what is
+left is within TOLERANCE.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import re
@@ -45,6 +54,10 @@ import time
 import numpy as np
 
 TOLERANCE = 1e-4
+# --dtype float64: both sides in float64. An exact port agrees to the float64 rounding
+# amplified by the same ops that amplify float32's (~1e-12 .. 1e-11 measured); a different
+# computation (a wrong term, weight, order of operations in torch's precision) shows far above.
+EXACT_TOLERANCE = 1e-8
 # Gradients and updates are differences of float32 sums over 3600+ pixels per tensor: their
 # relative error is larger than the logits'; 1e-3 still tells a wrong term (>= 1e-2) apart.
 GRAD_TOLERANCE = 1e-3
@@ -99,8 +112,10 @@ def _worst(ours: dict, ref: dict):
   """(worst max rel err, its path, mean over arrays of the mean rel err, per-path max)."""
   per = {path: _rel(ours[path], value) for path, value in ref.items()}
   worst = max(per, key=lambda p: per[p][0])
-  return (per[worst][0], '/'.join(worst), float(np.mean([m for _, m in per.values()])),
-          {'/'.join(p): mx for p, (mx, _) in per.items()})
+  def name(p):
+    return p if isinstance(p, str) else '/'.join(p)
+  return (per[worst][0], name(worst), float(np.mean([m for _, m in per.values()])),
+          {name(p): mx for p, (mx, _) in per.items()})
 
 
 def _import_original(repo: str, model: str = 'mmnet'):
@@ -438,6 +453,302 @@ def _torch_steps(original, util, model, init_sd, batches, tc, total_steps, dtype
   return losses, before, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def _converted64(state_dict, fmt):
+  """_converted at float64 precision: the converter writes float32, so a float64 tensor goes
+  through it as hi + lo (hi its float32 rounding, lo the float32 rest; the layout change is
+  linear), summed back in float64: 48 significant bits, relative error < 1e-14."""
+  import torch  # pylint: disable=g-import-not-at-top
+  f32 = torch.float32  # .to, not .float(): _float_means_double patches the latter
+  hi = {k: v.to(f32) if v.is_floating_point() else v for k, v in state_dict.items()}
+  lo = {k: (v - hi[k].double()).to(f32) if v.is_floating_point() else v
+        for k, v in state_dict.items()}
+  parts = [_converted(d, fmt) for d in (hi, lo)]
+  return {c: {'/'.join(p): v.astype(np.float64) + _flat(parts[1][c])[p].astype(np.float64)
+              for p, v in _flat(parts[0][c]).items()} for c in parts[0]}
+
+
+def _unflat(flat):
+  """{'a/b': leaf} -> nested dict."""
+  tree = {}
+  for path, v in flat.items():
+    *head, last = path.split('/')
+    node = tree
+    for k in head:
+      node = node.setdefault(k, {})
+    node[last] = v
+  return tree
+
+
+@contextlib.contextmanager
+def _float_means_double():
+  """torch.Tensor.float() -> float64 while the original runs in float64: its one float32 cast,
+  the support mask's `(s_y == 1).float()` (PFENet.py:202, PartNet.py:217), would otherwise
+  resize the mask in float32 and put float32 rounding (~6e-8) into every later tensor."""
+  import torch  # pylint: disable=g-import-not-at-top
+  original_float = torch.Tensor.float
+  torch.Tensor.float = lambda self, *args, **kwargs: self.to(torch.float64)
+  try:
+    yield
+  finally:
+    torch.Tensor.float = original_float
+
+
+@contextlib.contextmanager
+def _relu_as(fn):
+  """flax.linen.relu -> fn while a function is traced (every ReLU of both models is nn.relu)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  saved = nn.relu
+  nn.relu = fn
+  try:
+    yield
+  finally:
+    nn.relu = saved
+
+
+def _relu_masks(net, variables, batch):
+  """x > 0 of every ReLU of a train-mode forward, in call order (a jitted forward)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  def forward(v, b):
+    masks = []
+
+    def relu(x):
+      masks.append(x > 0)
+      return jnp.maximum(x, 0)
+    with _relu_as(relu):
+      net.apply(v, b['query_img'], b['support_imgs'], b['support_masks'], train=True,
+                rngs={'dropout': jax.random.key(0)}, mutable=['batch_stats'])
+    return masks
+  return jax.jit(forward)(variables, batch)
+
+
+def _pinned(fn):
+  """fn(*args, masks) with every ReLU's derivative (and which inputs pass) taken from `masks`
+  (_relu_masks of another run) instead of from its own input's sign."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  def pinned(*args):
+    *args, masks = args
+    it = iter(masks)
+
+    def relu(x):
+      m = next(it)
+      if m.shape != x.shape:
+        raise RuntimeError(f'ReLU call order differs: mask {m.shape}, input {x.shape}')
+      return jnp.where(m, x, jnp.zeros_like(x))
+    with _relu_as(relu):
+      return fn(*args)
+  return pinned
+
+
+def _flips(masks_a, masks_b):
+  """(ReLU inputs whose sign differs, all ReLU inputs) between two runs' masks."""
+  return (sum(int(np.sum(np.asarray(a) != np.asarray(b))) for a, b in zip(masks_a, masks_b)),
+          sum(int(np.asarray(a).size) for a in masks_a))
+
+
+def run_case_float64(original, module, util, args, shots):
+  """Both sides in float64 on the same weights and inputs: the exactness check (an exact port
+  agrees to ~1e-12 here; a different computation shows at its own size, far above).
+
+  The original: .double() on the model and the inputs. Ours: jax_enable_x64, config.model.dtype
+  'float64', the converted variables cast to float64 (exact: the original's weights are float32
+  values). Same quantities as run_case: eval logits, train-mode losses, BN statistics and
+  every trainable tensor's gradient, then --steps SGD steps (each on its own backbone: in
+  float64 the backbone's rounding no longer needs replaying).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from mmnet_jax import train  # pylint: disable=g-import-not-at-top
+  from mmnet_jax.models import registry  # pylint: disable=g-import-not-at-top
+
+  spec = registry.get(original.name)
+  frozen = tuple(spec.frozen)
+  query, supports, s_y, label = make_inputs(args.seed + shots, args.batch, shots, args.size)
+  model = parity_models.build(original, module, args.depth, shots, args.seed)
+  parity_models.freeze_backbone(model)
+  _calibrate_bn(model, torch.from_numpy(np.concatenate([query, supports[:, 0]])))
+  init_sd = {k: v.clone() for k, v in model.state_dict().items()}
+  compat = original.compat_modes[0]   # the mode whose training the original has
+  config = our_config(original, args.depth, shots, compat, args.attention_chunk)
+  config.model.dtype = 'float64'
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, 'official.pth')
+    torch.save({'epoch': 1, 'state_dict': {f'module.{k}': v for k, v in init_sd.items()},
+                'optimizer': {}}, path)
+    var = _our_variables(path, config.model, shots, original.fmt)
+  var = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), var)
+  model64 = _as_float64(model, init_sd)
+  del model
+
+  def batch64(*arrays):
+    b = _our_batch(*arrays)
+    return {k: v.astype(jnp.float64) if v.dtype == jnp.float32 else v for k, v in b.items()}
+
+  batch = batch64(query, supports, s_y, label)
+  torch_in = _doubles((query, supports, s_y, label))
+  mode = {None: '-', True: 'compat', False: 'per-shot'}[compat]
+  tol = EXACT_TOLERANCE
+  rows = []
+  net = spec.build(config.model)
+
+  model64.eval()
+  with torch.no_grad():
+    ref = model64(*torch_in[:3]).numpy().transpose(0, 2, 3, 1)
+  out = jax.jit(lambda v, b: net.apply(v, b['query_img'], b['support_imgs'],
+                                       b['support_masks'], train=False)['logits'])(var, batch)
+  if out.dtype != jnp.float64:
+    raise RuntimeError(f'our logits came out {out.dtype}, not float64: a layer forces its dtype')
+  rows.append(_row(shots, mode, 'eval logits', *_rel(np.asarray(out), ref), tol))
+
+  model64.train()
+  _set_dropout_zero(model64)
+  terms_t, total_t, grads_t = _torch_train_pass(original, model64, *torch_in,
+                                                config.train.aux_weight)
+  sd = dict(model64.state_dict())
+  bn_ref = _converted64(sd, original.fmt)['batch_stats']
+  sd.update(grads_t)
+  grads_ref = {p: v for p, v in _converted64(sd, original.fmt)['params'].items()
+               if p.split('/')[0] not in frozen}
+
+  def loss_fn(params, batch_stats, b):
+    o, new_state = net.apply({'params': params, 'batch_stats': batch_stats}, b['query_img'],
+                             b['support_imgs'], b['support_masks'], train=True,
+                             rngs={'dropout': jax.random.key(0)}, mutable=['batch_stats'])
+    total, parts = spec.loss(o, b['query_label'], config.train)
+    return total, (parts, new_state['batch_stats'])
+
+  (total, (parts, new_bs)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+      var['params'], var['batch_stats'], batch)
+  for term, ref_val in list(terms_t.items()) + [('total', total_t)]:
+    ours = float(total if term == 'total' else parts[term])
+    rows.append(_row(shots, mode, f'train loss {term} ({ours:.12f} vs {ref_val:.12f})',
+                     *_rel(ours, ref_val), tol))
+  ours_bn = {'/'.join(p): v for p, v in _flat(jax.device_get(new_bs)).items()}
+  ours_bn = {p: ours_bn[p] for p in bn_ref}
+  worst, where, mean, _ = _worst(ours_bn, bn_ref)
+  rows.append(_row(shots, mode, f'train BN running stats ({len(bn_ref)} arrays; worst {where})',
+                   worst, mean, tol))
+  grads = {'/'.join(p): v for p, v in _flat(jax.device_get(grads)).items()}
+  grads = {p: grads[p] for p in grads_ref}
+  worst, where, mean, detail = _worst(grads, grads_ref)
+  rows.append(_row(shots, mode, f'gradients ({len(grads_ref)} trainable tensors; worst '
+                   f'{where})', worst, mean, tol))
+
+  # Where float32 loses it: ours in float32 against ours in float64 (= the original's float64,
+  # rows above), first as is, then with every ReLU's derivative pinned to the float64 run's.
+  # A ReLU input within rounding of 0 takes the other branch in float32 and switches its
+  # pixel's whole gradient path on or off: if pinning closes the gap, those flips are what
+  # amplifies float32 rounding, not a difference of computation.
+  config32 = our_config(original, args.depth, shots, compat, args.attention_chunk)
+  net32 = spec.build(config32.model)
+  var32 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), var)
+  batch32 = _our_batch(query, supports, s_y, label)
+  masks64 = _relu_masks(net, var, batch)
+  flipped, relu_inputs = _flips(_relu_masks(net32, var32, batch32), masks64)
+
+  def loss32(params, b):
+    o, _ = net32.apply({'params': params, 'batch_stats': var32['batch_stats']}, b['query_img'],
+                       b['support_imgs'], b['support_masks'], train=True,
+                       rngs={'dropout': jax.random.key(0)}, mutable=['batch_stats'])
+    return spec.loss(o, b['query_label'], config32.train)[0]
+
+  g32 = jax.jit(jax.grad(loss32))(var32['params'], batch32)
+  g32_pinned = jax.jit(jax.grad(_pinned(loss32)))(var32['params'], batch32, masks64)
+  ours64 = {p: np.asarray(v) for p, v in grads.items()}
+  extra = []
+  for label_, g, pinned in (
+      (f'gradients, ours float32 vs ours float64 ({flipped} of {relu_inputs} ReLU inputs '
+       f'change sign)', g32, False),
+      ("gradients, ours float32 with the float64 run's ReLU derivatives vs ours float64",
+       g32_pinned, True)):
+    flat = {'/'.join(p): v for p, v in _flat(jax.device_get(g)).items()}
+    worst, where, mean, per = _worst({p: flat[p] for p in ours64}, ours64)
+    # Pinned, what is left is float32's continuous rounding: held to the float32 tolerance.
+    rows.append(_row(shots, mode, f'{label_} (worst {where})', worst, mean,
+                     *((TOLERANCE,) if pinned else ('-', '', 'info (next row)'))))
+    extra.append(per)
+  print(f'K={shots} float64 single pass done', flush=True)
+  # per tensor: (ours f64 vs original f64, ours f32 vs ours f64, the same ReLU-pinned)
+  detail = {n: (detail[n], *(e[n] for e in extra)) for n in detail}
+  if args.steps <= 0:
+    return rows, detail
+
+  batches = [make_inputs(args.seed + 1000 * shots + i, args.step_batch, shots, args.size)
+             for i in range(args.steps)]
+  tc = config.train
+  losses_t, before, after = _torch_steps(original, util, model64, init_sd, batches, tc,
+                                         args.total_steps, _doubles)
+  after_ref = _converted64(after, original.fmt)
+  upd = dict(before)
+  upd.update({n: after[n] - before[n] for n, _ in model64.named_parameters()})
+  upd_ref = {p: v for p, v in _converted64(upd, original.fmt)['params'].items()
+             if p.split('/')[0] not in frozen}
+  tx = _make_optimizer()(config, args.total_steps, var['params'])
+  state = {'step': jnp.zeros((), jnp.int32), 'params': var['params'],
+           'batch_stats': var['batch_stats'], 'opt_state': tx.init(var['params'])}
+  step = jax.jit(train.make_train_step(net, tx, config))
+  losses_j = []
+  for b in batches:
+    state, metrics = step(state, batch64(*b))
+    losses_j.append(float(metrics['loss']))
+  state = jax.device_get(state)
+  desc = f'{args.steps} SGD steps (batch {args.step_batch}, T = {args.total_steps})'
+  errs = [_rel(a, b) for a, b in zip(losses_j, losses_t)]
+  rows.append(_row(shots, mode, f'{desc}: loss per step', max(e[0] for e in errs),
+                   float(np.mean([e[1] for e in errs])), tol))
+  ours_p = {'/'.join(p): v for p, v in _flat(state['params']).items()}
+  init_p = {'/'.join(p): np.asarray(v) for p, v in _flat(var['params']).items()}
+  if any(v.dtype != np.float64 for v in ours_p.values()):
+    raise RuntimeError('our parameters left float64 during the steps')
+  worst, where, mean, _ = _worst(ours_p, after_ref['params'])
+  rows.append(_row(shots, mode, f'{desc}: parameters after ({len(ours_p)} arrays; worst '
+                   f'{where})', worst, mean, tol))
+  worst, where, mean, _ = _worst({p: ours_p[p] - init_p[p] for p in upd_ref}, upd_ref)
+  rows.append(_row(shots, mode, f'{desc}: updates ({len(upd_ref)} trainable arrays; worst '
+                   f'{where})', worst, mean, tol))
+  ours_bn = {'/'.join(p): v for p, v in _flat(state['batch_stats']).items()}
+  worst, where, mean, _ = _worst({p: ours_bn[p] for p in after_ref['batch_stats']},
+                                 after_ref['batch_stats'])
+  rows.append(_row(shots, mode, f'{desc}: BN running stats after ({len(after_ref["batch_stats"])}'
+                   f' arrays; worst {where})', worst, mean, tol))
+
+  # The same steps in float32 (ours), as is and with each step's ReLU derivatives pinned to
+  # the float64 run's at that step (masks from a float64 forward at each step's parameters).
+  tx32 = _make_optimizer()(config32, args.total_steps, var32['params'])
+  step32 = train.make_train_step(net32, tx32, config32)
+  runs = {}
+  for pinned in (False, True):
+    st = {'step': jnp.zeros((), jnp.int32), 'params': var32['params'],
+          'batch_stats': var32['batch_stats'], 'opt_state': tx32.init(var32['params'])}
+    st64 = {'step': jnp.zeros((), jnp.int32), 'params': var['params'],
+            'batch_stats': var['batch_stats'], 'opt_state': tx.init(var['params'])}
+    fn = jax.jit(_pinned(step32)) if pinned else jax.jit(step32)
+    for b in batches:
+      if pinned:
+        masks = _relu_masks(net, {'params': st64['params'], 'batch_stats': st64['batch_stats']},
+                            batch64(*b))
+        st = fn(st, _our_batch(*b), masks)[0]
+        st64 = step(st64, batch64(*b))[0]
+      else:
+        st = fn(st, _our_batch(*b))[0]
+    runs[pinned] = {'/'.join(p): np.asarray(v) for p, v in _flat(jax.device_get(st['params'])
+                                                                 ).items()}
+  upd64 = {p: ours_p[p] - init_p[p] for p in upd_ref}
+  for pinned, label_ in ((False, 'ours float32 vs ours float64'),
+                         (True, "ours float32 with the float64 run's ReLU derivatives vs ours "
+                                'float64')):
+    p32 = runs[pinned]
+    worst_p, where_p, _, _ = _worst({p: p32[p] for p in ours_p}, ours_p)
+    worst, where, mean, _ = _worst({p: p32[p] - init_p[p] for p in upd_ref}, upd64)
+    rows.append(_row(shots, mode, f'{desc}: updates, {label_} (worst {where}; parameters: '
+                     f'{worst_p:.2e}, {where_p})', worst, mean,
+                     *((TOLERANCE,) if pinned else ('-', '', 'info (next row)'))))
+  return rows, detail
+
+
 def _steps_case(original, util, model, replays, init_sd, net, config, var, args, shots, frozen,
                 mode):
   """--steps SGD steps of both recipes from the same weights on the same batches."""
@@ -514,8 +825,8 @@ def _steps_case(original, util, model, replays, init_sd, net, config, var, args,
   return rows
 
 
-def format_table(rows, command, device, setup):
-  lines = [f'Command: `{command}`', '', f'Device: {device}; float32; {setup}.', '',
+def format_table(rows, command, device, setup, dtype='float32'):
+  lines = [f'Command: `{command}`', '', f'Device: {device}; {dtype}; {setup}.', '',
            '| K | our mode | quantity | max rel err | mean rel err | vs the float64 original '
            '| tol | within tol |', '|---|---|---|---|---|---|---|---|']
   for shots, mode, what, mx, mean, f64, tol, verdict in rows:
@@ -529,6 +840,20 @@ def format_grad_detail(details):
   ks = sorted(details)
   names = sorted({n for d in details.values() for n in d})
   head = ' | '.join(f'K={k} own | K={k} head f64 | K={k} orig f32' for k in ks)
+  lines = [f'| trainable tensor | {head} |', '|---|' + '---|' * (3 * len(ks))]
+  nan = (float('nan'),) * 3
+  for n in names:
+    cells = ' | '.join(f'{e:.1e}' for k in ks for e in details[k].get(n, nan))
+    lines.append(f'| {n} | {cells} |')
+  return '\n'.join(lines) + '\n'
+
+
+def format_exact_detail(details):
+  """Per-tensor gradient errors of the float64 run, one row per tensor; per K: ours f64 vs the
+  original f64, ours f32 vs ours f64, and the same with the ReLU derivatives pinned."""
+  ks = sorted(details)
+  names = sorted({n for d in details.values() for n in d})
+  head = ' | '.join(f'K={k} f64 | K={k} f32 | K={k} f32 pinned' for k in ks)
   lines = [f'| trainable tensor | {head} |', '|---|' + '---|' * (3 * len(ks))]
   nan = (float('nan'),) * 3
   for n in names:
@@ -564,6 +889,9 @@ def main(argv=None):
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--attention-chunk', type=int, default=None,
                       help="MM-Net's attention_chunk (default: the model's config default)")
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'float64'),
+                      help='float64: both sides in float64, the exactness check (its own '
+                      'section, <!-- parity:MODEL-float64 -->)')
   parser.add_argument('--count-params', action='store_true',
                       help="print the original's parameter counts (R50, R101) and exit")
   parser.add_argument('--out', default=None,
@@ -576,6 +904,9 @@ def main(argv=None):
     parser.error('--size: the original MM-Net hard-codes 60x60 feature maps, only 473 runs')
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
+  exact = args.dtype == 'float64'
+  if exact:
+    jax.config.update('jax_enable_x64', True)
   torch.set_num_threads(os.cpu_count() or 1)
   module, util = parity_models.import_original(original, args.official_repo)
   if args.count_params:
@@ -585,7 +916,9 @@ def main(argv=None):
   rows, details = [], {}
   start = time.time()
   for shots in (int(k) for k in args.shots.split(',')):
-    case_rows, details[shots] = run_case(original, module, util, args, shots)
+    case = run_case_float64 if exact else run_case
+    with _float_means_double() if exact else contextlib.nullcontext():
+      case_rows, details[shots] = case(original, module, util, args, shots)
     rows += case_rows
   command = 'python tools/parity_official.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
   setup = (f'ResNet-{args.depth}, {args.size}x{args.size}, batch {args.batch} (steps: '
@@ -595,15 +928,18 @@ def main(argv=None):
     chunk = our_config(original, args.depth, 1, True, args.attention_chunk).model.attention_chunk
     setup = f'{setup}, our attention_chunk {chunk}'
   table = format_table(rows, command, f'CPU (torch {torch.__version__}, jax {jax.__version__})',
-                       setup)
+                       setup, args.dtype)
   detail = ('\nPer-tensor gradient errors, max |a - b| / max |b| of each tensor: ours vs the '
+            'original, both in float64 ("f64"); ours in float32 vs ours in float64 ("f32"); '
+            "the same with every ReLU's derivative pinned to the float64 run's (\"f32 "
+            'pinned"):\n\n' + format_exact_detail(details)) if exact else ('\nPer-tensor gradient errors, max |a - b| / max |b| of each tensor: ours vs the '
             'original in float32, each on its own backbone ("own"); ours vs the original\'s '
             'head on our backbone features in float64 ("head f64"), and that head\'s own '
             'float32 vs float64 ("orig f32"):\n\n'
             + format_grad_detail(details))
   print(table + detail)
   if args.out:
-    write_section(args.out, args.model, table + detail)
+    write_section(args.out, f'{args.model}-float64' if exact else args.model, table + detail)
   bad = [r for r in rows if r[7] == 'NO']
   return 1 if bad else 0
 
