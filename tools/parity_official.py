@@ -835,27 +835,18 @@ def format_table(rows, command, device, setup, dtype='float32'):
   return '\n'.join(lines) + '\n'
 
 
-def format_grad_detail(details):
-  """Per-tensor gradient errors, one row per tensor; per K: ours vs f32, ours vs f64, own."""
-  ks = sorted(details)
-  names = sorted({n for d in details.values() for n in d})
-  head = ' | '.join(f'K={k} own | K={k} head f64 | K={k} orig f32' for k in ks)
-  lines = [f'| trainable tensor | {head} |', '|---|' + '---|' * (3 * len(ks))]
-  nan = (float('nan'),) * 3
-  for n in names:
-    cells = ' | '.join(f'{e:.1e}' for k in ks for e in details[k].get(n, nan))
-    lines.append(f'| {n} | {cells} |')
-  return '\n'.join(lines) + '\n'
+GRAD_COLUMNS = ('own', 'head f64', 'orig f32')          # float32 run: see _three_way
+EXACT_COLUMNS = ('f64', 'f32', 'f32 pinned')           # float64 run: see the exactness check
 
 
-def format_exact_detail(details):
-  """Per-tensor gradient errors of the float64 run, one row per tensor; per K: ours f64 vs the
-  original f64, ours f32 vs ours f64, and the same with the ReLU derivatives pinned."""
+def format_grad_detail(details, columns=GRAD_COLUMNS):
+  """Per-tensor gradient errors, one row per tensor and, per K, one cell per column (the three
+  errors each detail entry holds, in `columns`' order)."""
   ks = sorted(details)
   names = sorted({n for d in details.values() for n in d})
-  head = ' | '.join(f'K={k} f64 | K={k} f32 | K={k} f32 pinned' for k in ks)
-  lines = [f'| trainable tensor | {head} |', '|---|' + '---|' * (3 * len(ks))]
-  nan = (float('nan'),) * 3
+  head = ' | '.join(f'K={k} {c}' for k in ks for c in columns)
+  lines = [f'| trainable tensor | {head} |', '|---|' + '---|' * (len(columns) * len(ks))]
+  nan = (float('nan'),) * len(columns)
   for n in names:
     cells = ' | '.join(f'{e:.1e}' for k in ks for e in details[k].get(n, nan))
     lines.append(f'| {n} | {cells} |')
@@ -932,7 +923,7 @@ def main(argv=None):
   detail = ('\nPer-tensor gradient errors, max |a - b| / max |b| of each tensor: ours vs the '
             'original, both in float64 ("f64"); ours in float32 vs ours in float64 ("f32"); '
             "the same with every ReLU's derivative pinned to the float64 run's (\"f32 "
-            'pinned"):\n\n' + format_exact_detail(details)) if exact else ('\nPer-tensor gradient errors, max |a - b| / max |b| of each tensor: ours vs the '
+            'pinned"):\n\n' + format_grad_detail(details, EXACT_COLUMNS)) if exact else ('\nPer-tensor gradient errors, max |a - b| / max |b| of each tensor: ours vs the '
             'original in float32, each on its own backbone ("own"); ours vs the original\'s '
             'head on our backbone features in float64 ("head f64"), and that head\'s own '
             'float32 vs float64 ("orig f32"):\n\n'
