@@ -20,8 +20,9 @@ def get_config(arg=None, model='mmnet'):
   c.dataset.min_class_pixels = 200
   c.model.backbone = 'tiny'
   c.model.freeze_backbone = False
-  c.model.reduce_dim = 64
-  c.model.ppm_scales = (1.0, 0.5, 0.25, 0.125)
+  if 'reduce_dim' in c.model:   # the FEM models' head width and scales (not HSNet's fields)
+    c.model.reduce_dim = 64
+    c.model.ppm_scales = (1.0, 0.5, 0.25, 0.125)
   c.train.crop_size = 129
   c.train.batch_size = 8
   c.train.num_steps = 1500

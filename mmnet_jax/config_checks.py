@@ -20,9 +20,6 @@ from typing import Any, Callable
 
 import ml_collections
 
-SIZE_HINT = 'e.g. 473, 129, 65, 33'
-
-
 class ConfigError(ValueError):
   """A config with unknown keys or impossible values."""
 
@@ -101,6 +98,7 @@ class Checker:
 def problems(config, reference=None, num_devices: int | None = None) -> list[str]:
   """The list of problems `check_config` would report (empty when the config is valid)."""
   from mmnet_jax import metrics
+  from mmnet_jax import optimizer
   from mmnet_jax import protocols
   from mmnet_jax.data import augment
   from mmnet_jax.data import datasets
@@ -137,9 +135,10 @@ def problems(config, reference=None, num_devices: int | None = None) -> list[str
 
   spec.check(c, config)   # the model's own fields and loss weights (models/<name>_spec.py)
 
-  size_ok = lambda v: _is_int(v) and v >= 9 and (v - 1) % 8 == 0   # noqa: E731
-  c.check('train.crop_size', size_ok, f'8k + 1 with k >= 1 ({SIZE_HINT})')
-  c.check('eval.size', size_ok, f'8k + 1 with k >= 1 ({SIZE_HINT})')
+  size_ok = lambda v: _is_int(v) and spec.input_size_ok(v)   # noqa: E731
+  rule = spec.input_size_rule
+  c.check('train.crop_size', size_ok, rule)
+  c.check('eval.size', size_ok, rule)
   for key in ('train.batch_size', 'eval.batch_size'):
     c.int_at_least(key, 1)
     value = c.get(key)
@@ -152,6 +151,9 @@ def problems(config, reference=None, num_devices: int | None = None) -> list[str
   if _is_num(lo) and _is_num(hi) and lo > hi:
     c.problems.append(f'train.scale_min: got {lo}, expected <= train.scale_max ({hi})')
   c.num_in('train.rotate_deg', 0, 180)
+  c.one_of('train.augment', augment.TRAIN_AUGMENTS)
+  c.one_of('train.optimizer', optimizer.OPTIMIZERS)
+  c.one_of('train.lr_schedule', optimizer.LR_SCHEDULES)
   c.int_at_least('train.num_steps', 0)
   if c.get('train.num_steps') == 0:
     c.int_at_least('train.epochs', 1)
@@ -172,7 +174,8 @@ def problems(config, reference=None, num_devices: int | None = None) -> list[str
   c.check('eval.seeds', lambda v: all(_is_int(s) and s >= 0 for s in v),
           'a tuple of ints >= 0 (empty: the protocol\'s seeds)')
   c.check('eval.stretch_size', lambda v: _is_int(v) and (v == 0 or size_ok(v)),
-          f"0 (the protocol's) or 8k + 1 with k >= 1 ({SIZE_HINT}, 401)")
+          f"0 (the protocol's) or {rule.removesuffix(')')}, {spec.stretch_size})"
+          if rule.endswith(')') else f"0 (the protocol's) or {rule}")
   c.one_of('eval.hsnet_original_size', (False, True))
   c.check('eval.void_label', lambda v: v == '' or v in protocols.VOID_LABELS,
           f"'' (the protocol's) or one of {list(protocols.VOID_LABELS)}")
@@ -187,23 +190,23 @@ def problems(config, reference=None, num_devices: int | None = None) -> list[str
   c.one_of('eval.pad_fill', ('black', 'mean'))
   c.one_of('eval.select_on', ('test_fold', 'last'))
   if len(c.problems) == before_eval and 'eval.protocol' in c.flat:
-    _check_protocol(c, config)
+    _check_protocol(c, config, spec)
   return c.problems
 
 
-def _check_protocol(c: Checker, config) -> None:
-  """The combinations only the resolved protocol shows: its input size (the model needs
-  8k + 1), options of another protocol, the legacy seed."""
+def _check_protocol(c: Checker, config, spec) -> None:
+  """The combinations only the resolved protocol shows: its input size (the model's rule,
+  e.g. 8k + 1), options of another protocol, the legacy seed."""
   from mmnet_jax import protocols
   try:
     resolved = protocols.resolve(config)
   except (ValueError, KeyError, AttributeError) as e:
     c.problems.append(str(e).replace('config.', '', 1))
     return
-  if resolved.scoring != 'original' and (resolved.input_size - 1) % 8:
+  if resolved.scoring != 'original' and not spec.input_size_ok(resolved.input_size):
     c.problems.append(f'eval.stretch_size: the {resolved.protocol!r} protocol stretches to '
-                      f'{resolved.input_size}, expected 8k + 1 (the model\'s input rule; '
-                      f'{SIZE_HINT}, 401)')
+                      f'{resolved.input_size}, expected {spec.input_size_rule} (the model\'s '
+                      'input rule)')
 
 
 def check_config(config, reference=None, num_devices: int | None = None) -> None:

@@ -8,6 +8,8 @@ Formats:
             -> full model (params + backbone BN batch_stats).
   pfenet-official     PFENet train.py checkpoint (train_epoch_*.pth, final.pth), the same layout
             -> full model.
+  hsnet-official      HSNet train.py best_model.pt (the DataParallel state dict, 'module.…';
+                      torchvision ResNet under 'backbone.', its fc skipped) -> full model.
   pfenet-resnet       PFENet/semseg resnet{50,101}_v2.pth (deep stem, fc ignored) -> backbone.
   torchvision-resnet  torchvision resnet{50,101} state dict (7x7 stem, fc ignored) -> backbone.
 
@@ -49,6 +51,7 @@ _INFO_FILE = 'convert_info.json'
 
 _BN_PARAMS = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
               'running_mean': ('batch_stats', 'mean'), 'running_var': ('batch_stats', 'var')}
+_NORM_PARAMS = {'weight': ('params', 'scale'), 'bias': ('params', 'bias')}   # GroupNorm
 
 _DEEP_STEM = ('conv1', 'bn1', 'conv2', 'bn2', 'conv3', 'bn3')
 # PFENet and MM-Net wrap the deep stem in nn.Sequential: indices 2, 5, 8 are ReLUs, 9 the
@@ -105,6 +108,18 @@ def _backbone_module(name: str, stem: str) -> Target | None:
   return None
 
 
+def _stem_of(fmt: str) -> str:
+  """The backbone stem layout of a format: 'official', 'deep' or 'torchvision'."""
+  key_map = _key_map(fmt)
+  return key_map.stem if key_map is not None else BACKBONE_FORMATS[fmt]
+
+
+def _backbone_name(name: str, key_map: HeadKeyMap | None) -> str | None:
+  """A key's module name inside the backbone, None if it is not a backbone key."""
+  prefix = key_map.backbone_prefix if key_map is not None else ''
+  return name[len(prefix):] if name.startswith(prefix) else None
+
+
 def _is_skipped(name: str, key_map: HeadKeyMap | None) -> bool:
   """Keys that are dropped on purpose (never an error)."""
   if name.endswith('.num_batches_tracked'):
@@ -134,13 +149,15 @@ def _expected_params(module: Target) -> tuple[str, ...]:
     return ('',)
   if module.kind == 'bn':
     return tuple(_BN_PARAMS)
+  if module.kind == 'norm':
+    return tuple(_NORM_PARAMS)
   return ('weight', 'bias') if module.has_bias else ('weight',)
 
 
 def _required_modules(found: set[tuple[str, ...]], fmt: str) -> list[Target]:
   """Modules that must be present given the blocks/scales that were found."""
   required = []
-  stem = ('conv1', 'bn1') if fmt == 'torchvision-resnet' else _DEEP_STEM
+  stem = ('conv1', 'bn1') if _stem_of(fmt) == 'torchvision' else _DEEP_STEM
   required += [('backbone', 'stem', s) for s in stem]
   for layer in range(1, 5):
     blocks = {int(p[1].split('_')[1]) for p in found
@@ -160,14 +177,15 @@ def _torch_name(path: tuple[str, ...], fmt: str) -> str:
   key_map = _key_map(fmt)
   if path[0] != 'backbone':
     return key_map.torch_name(path)
+  prefix = key_map.backbone_prefix if key_map is not None else ''
   if path[1] == 'stem':
-    if key_map is not None:
+    if _stem_of(fmt) == 'official':
       inv = {v: k for k, v in _OFFICIAL_STEM.items()}
-      return f'layer0.{inv[path[2]]}'
-    return path[2]
+      return f'{prefix}layer0.{inv[path[2]]}'
+    return prefix + path[2]
   layer, block = path[1][len('layer'):].split('_')
   sub = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}.get(path[2], path[2])
-  return f'layer{layer}.{block}.{sub}'
+  return f'{prefix}layer{layer}.{block}.{sub}'
 
 
 def _convert_array(key: str, value: Any, module: Target, param: str) -> np.ndarray:
@@ -196,7 +214,7 @@ def convert_state_dict_with_info(state_dict: Mapping[str, Any], fmt: str
   if not isinstance(state_dict, Mapping):
     raise ConversionError(f'expected a state dict (mapping), got {type(state_dict).__name__}')
   sd, prefix = _strip_prefix(state_dict)
-  stem = 'official' if key_map is not None else BACKBONE_FORMATS[fmt]
+  stem = _stem_of(fmt)
   tree: dict[str, dict] = {'params': {}, 'batch_stats': {}}
   skipped, unknown, seen = [], [], {}
   for key, value in sd.items():
@@ -204,7 +222,8 @@ def convert_state_dict_with_info(state_dict: Mapping[str, Any], fmt: str
       skipped.append(prefix + key)
       continue
     name, param = _split_key(key, key_map)
-    module = _backbone_module(name, stem)
+    inner = _backbone_name(name, key_map)
+    module = _backbone_module(inner, stem) if inner is not None else None
     if module is None and key_map is not None:
       module = key_map.target(name)
     if module is None or param not in _expected_params(module):
@@ -214,8 +233,8 @@ def convert_state_dict_with_info(state_dict: Mapping[str, Any], fmt: str
     arr = _convert_array(prefix + key, value, module, param)
     if module.kind == 'parameter':
       collection, leaf_path = 'params', module.path
-    elif module.kind == 'bn':
-      collection, leaf = _BN_PARAMS[param]
+    elif module.kind in ('bn', 'norm'):
+      collection, leaf = (_BN_PARAMS if module.kind == 'bn' else _NORM_PARAMS)[param]
       leaf_path = module.path + (leaf,)
     else:
       collection = 'params'

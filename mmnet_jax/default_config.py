@@ -71,8 +71,11 @@ def get_config(arg=None, model='mmnet'):
   c.train.scale_min = 0.9
   c.train.scale_max = 1.1
   c.train.rotate_deg = 10.0
+  c.train.augment = 'pfenet'      # 'pfenet' (RandScale/Rotate/blur/flip/crop) | 'stretch' (HSNet)
   c.train.epochs = 200
   c.train.num_steps = 0           # > 0 overrides epochs
+  c.train.optimizer = 'sgd'       # 'sgd' (torch SGD, momentum) | 'adam' (torch Adam: HSNet)
+  c.train.lr_schedule = 'poly'    # 'poly' (the original's per-iteration poly) | 'constant'
   c.train.base_lr = 0.0025
   c.train.lr_multiplier = 10.0    # the original multiplies every parameter group by 10
   c.train.momentum = 0.9
@@ -90,7 +93,7 @@ def get_config(arg=None, model='mmnet'):
   c.eval.seeds = ()               # () -> the protocol's seeds (PFENet 321, HSNet 0, BAM 5 seeds)
   c.eval.seed = 321               # legacy; the evaluator reads eval.seeds (see protocols.py)
   c.eval.sampling = ''            # '' -> the protocol's episode rule for the dataset
-  c.eval.stretch_size = 0         # HSNet stretch side (8k + 1); 0 -> the protocol's (401)
+  c.eval.stretch_size = 0         # HSNet stretch side; 0 -> the model's (HSNet 400, MM-Net 401)
   c.eval.hsnet_original_size = False   # HSNet --use_original_imgsize scoring
   c.eval.void_label = ''          # '' -> the protocol's: 'ignore' 255 (PFENet) or 'background' (HSNet COCO)
   c.eval.empty_classes = ''       # '' -> the protocol's ('zero': a class without episodes is IoU 0) or 'drop'

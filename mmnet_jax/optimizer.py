@@ -1,8 +1,12 @@
-"""The training recipe's optimiser: torch-style SGD with the per-iteration poly learning rate.
+"""The training recipe's optimiser: torch-style SGD with the per-iteration poly learning rate
+(PFENet, MM-Net), or torch-style Adam at a constant rate (HSNet).
 
-SGD with momentum and coupled weight decay (as torch.optim.SGD), lr_t = lr_multiplier *
-base_lr * (1 - t/T)^power with t counted from 1 (PFENet's and MM-Net's util.poly_learning_rate
-with index_split=-1: every parameter group at 10x), frozen parameters never updated.
+`config.train.optimizer`: 'sgd' is torch.optim.SGD with momentum and coupled weight decay;
+'adam' is torch.optim.Adam (betas 0.9 / 0.999, eps 1e-8 outside the square root, weight decay
+added to the gradient). `config.train.lr_schedule`: 'poly' is lr_t = lr_multiplier * base_lr *
+(1 - t/T)^power with t counted from 1 (PFENet's and MM-Net's util.poly_learning_rate with
+index_split=-1: every parameter group at 10x); 'constant' is lr_multiplier * base_lr (HSNet's
+Adam at 1e-3). Frozen parameters are never updated.
 """
 
 from __future__ import annotations
@@ -15,6 +19,22 @@ import ml_collections
 import optax
 
 from mmnet_jax.models import registry
+
+
+OPTIMIZERS = ('sgd', 'adam')
+LR_SCHEDULES = ('poly', 'constant')
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8   # torch.optim.Adam's defaults (HSNet keeps them)
+
+
+def learning_rate(config: ml_collections.ConfigDict, total_steps: int, dtype=jnp.float32):
+  """The schedule of `config.train.lr_schedule`: step (0-based) -> learning rate."""
+  kind = config.train.get('lr_schedule', 'poly')
+  if kind == 'poly':
+    return poly_lr(config, total_steps, dtype)
+  if kind != 'constant':
+    raise ValueError(f'config.train.lr_schedule={kind!r}; expected one of {list(LR_SCHEDULES)}')
+  peak = config.train.lr_multiplier * config.train.base_lr
+  return lambda step: jnp.full(jnp.shape(step), peak, dtype)
 
 
 def poly_lr(config: ml_collections.ConfigDict, total_steps: int, dtype=jnp.float32):
@@ -51,12 +71,17 @@ def _float_dtype(params: Any):
 
 def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
                    params: Any) -> optax.GradientTransformation:
-  """torch-style SGD (decay added to the gradient before momentum) on trainable parameters."""
-  sgd = optax.chain(
-      optax.add_decayed_weights(config.train.weight_decay),
-      optax.sgd(poly_lr(config, total_steps, _float_dtype(params)),
-                momentum=config.train.momentum))
+  """torch-style SGD or Adam (decay added to the gradient first) on trainable parameters."""
+  schedule = learning_rate(config, total_steps, _float_dtype(params))
+  kind = config.train.get('optimizer', 'sgd')
+  if kind == 'sgd':
+    update = optax.sgd(schedule, momentum=config.train.momentum)
+  elif kind == 'adam':
+    update = optax.adam(schedule, b1=ADAM_BETAS[0], b2=ADAM_BETAS[1], eps=ADAM_EPS)
+  else:
+    raise ValueError(f'config.train.optimizer={kind!r}; expected one of {list(OPTIMIZERS)}')
+  tx = optax.chain(optax.add_decayed_weights(config.train.weight_decay), update)
   return optax.multi_transform(
-      {'trainable': sgd, 'frozen': optax.set_to_zero()},
+      {'trainable': tx, 'frozen': optax.set_to_zero()},
       trainable_labels(params, bool(config.model.get('freeze_backbone', False)),
                        registry.of(config).frozen))

@@ -14,9 +14,9 @@ has the long version, with the sources):
   the fold that the image holds with >= 2048 px, cycling; supports drawn per episode.
   COCO ('class_balanced'): each episode draws the class uniformly from the fold's 20, then the
   query uniformly from that class's list, then the supports.
-  Scoring ('stretch'): image and label are stretched (aspect ratio not kept) to 401x401 (HSNet:
-  400x400, which this model cannot take: inputs are 8k + 1), the label by nearest neighbour,
-  and scored there. `eval.hsnet_original_size=True` (HSNet's `--use_original_imgsize`) keeps
+  Scoring ('stretch'): image and label are stretched (aspect ratio not kept) to the model's
+  stretch side (its spec's `stretch_size`: HSNet's own 400 for HSNet; 401 for MM-Net and
+  PFENet, whose inputs must be 8k + 1), the label by nearest neighbour, and scored there. `eval.hsnet_original_size=True` (HSNet's `--use_original_imgsize`) keeps
   the stretched input but upsamples the logits (align corners) to the original (h, w) label
   and scores there.
 * 'bam' (BAM, MSANet): 1,000 episodes x 5 seeds, PFENet's sampling and original-size scoring
@@ -38,7 +38,8 @@ Config fields read (all under `config.eval`):
   seed                  legacy single seed: must stay 321 (its default) unless it equals the
                         one seed of `seeds`; set `seeds` instead.
   sampling              optional; '' -> the protocol's rule for the dataset.
-  stretch_size          optional; 0 -> the protocol's (HSNet: 401); must be 8k + 1.
+  stretch_size          optional; 0 -> the model's (HSNet 400, MM-Net / PFENet 401); must
+                        be a side the model takes.
   hsnet_original_size   optional; HSNet scoring at the original label size.
   episodes_file         optional; a saved episode list: evaluates exactly those episodes.
   void_label            optional; '' -> the protocol's: a scored 255 pixel is 'ignore'd
@@ -68,9 +69,9 @@ from mmnet_jax.data import stretch_batches
 BAM_SEEDS = (510, 365, 382, 322, 988)
 LEGACY_SEED_DEFAULT = 321   # mmnet_jax/default_config.py eval.seed
 SCORINGS = ('original', 'stretch', 'stretch_original')
-# HSNet stretches to 400x400; this model's inputs must be 8k + 1 (stride-8 features with
-# align-corners resizes), so the nearest such side, 401 (0.25% larger), is the protocol's.
-HSNET_STRETCH = 401
+# HSNet stretches to 400x400. A model that cannot take 400 (MM-Net, PFENet: 8k + 1) states
+# the nearest side it takes in its spec (`stretch_size`: 401, 0.25% larger); see resolve.
+HSNET_STRETCH = 400
 VOID_LABELS = stretch_batches.VOID_LABELS
 
 
@@ -151,6 +152,13 @@ def _get(section, key, default):
   return section[key] if key in section else default
 
 
+def _model_stretch(config, proto: Protocol) -> int:
+  """The protocol's stretch side, or the model's nearest side to it (its spec's)."""
+  from mmnet_jax.models import registry  # pylint: disable=g-import-not-at-top
+  spec = registry.of(config)
+  return proto.stretch_size if spec.input_size_ok(proto.stretch_size) else spec.stretch_size
+
+
 def resolve(config) -> Resolved:
   """The evaluation parameters for `config` (protocol table + config overrides).
 
@@ -180,7 +188,7 @@ def resolve(config) -> Resolved:
   scoring = proto.scoring
   input_size = int(ev.size)
   if scoring == 'stretch':
-    input_size = int(_get(ev, 'stretch_size', 0) or 0) or proto.stretch_size
+    input_size = int(_get(ev, 'stretch_size', 0) or 0) or _model_stretch(config, proto)
     if _get(ev, 'hsnet_original_size', False):
       scoring = 'stretch_original'
   elif _get(ev, 'hsnet_original_size', False):

@@ -104,7 +104,8 @@ def eval_interval(config: ml_collections.ConfigDict, pool_size: int) -> int:
 
 RECIPE_FIELDS = ('batch_size', 'crop_size', 'scale_min', 'scale_max', 'rotate_deg', 'epochs',
                  'num_steps', 'base_lr', 'lr_multiplier', 'momentum', 'weight_decay',
-                 'poly_power', 'aux_weight', 'recon_weight')
+                 'poly_power', 'aux_weight', 'recon_weight', 'optimizer', 'lr_schedule',
+                 'augment')
 
 
 def training_recipe(config: ml_collections.ConfigDict) -> dict:
@@ -336,7 +337,7 @@ class _Run:
     self.best_miou = best_miou
     self.fingerprint = train_state.config_fingerprint(config)
     self.recipe = training_recipe(config)
-    self.schedule = optimizer.poly_lr(config, total_steps)
+    self.schedule = optimizer.learning_rate(config, total_steps)
     self.writer = workdir_io.SummaryWriter(os.path.join(workdir, 'tensorboard'))
     self._add = jax.jit(lambda window, m: jax.tree_util.tree_map(jnp.add, window, m))
     self.window = None   # on-device sums of the training scalars since the last log point

@@ -178,7 +178,9 @@ def test_config_errors_name_the_field_and_the_expected_value():
                                   'pascal_5shot', 'coco_1shot', 'coco_5shot',
                                   'pfenet.synth_1shot', 'pfenet.pascal_1shot',
                                   'pfenet.pascal_5shot', 'pfenet.coco_1shot',
-                                  'pfenet.coco_5shot'])
+                                  'pfenet.coco_5shot', 'hsnet.synth_1shot',
+                                  'hsnet.pascal_1shot', 'hsnet.pascal_5shot',
+                                  'hsnet.coco_1shot', 'hsnet.coco_5shot'])
 def test_shipped_configs_pass_the_checks(name):
   import importlib
   module = importlib.import_module(f'configs.{name}')
@@ -198,6 +200,26 @@ def test_coco_configs_follow_the_originals_yaml(name):
   assert (c.model.backbone, c.train.crop_size, c.train.batch_size, c.train.base_lr,
           c.train.epochs, c.train.scale_min, c.train.scale_max) == (
               'resnet101', 641, 32, 0.02, 50, 0.8, 1.25)
+  assert c.shots == (5 if '5shot' in name else 1)
+
+
+@pytest.mark.parametrize('name', ['hsnet.pascal_1shot', 'hsnet.pascal_5shot', 'hsnet.coco_1shot',
+                                  'hsnet.coco_5shot'])
+def test_hsnet_configs_follow_its_train_py_and_readme(name):
+  """HSNet's README / train.py: Adam lr 1e-3 (constant), batch 20 (PASCAL) / 40 (COCO),
+  400x400 stretched inputs without augmentation, niter 2000; its protocol at 400."""
+  import importlib
+  from mmnet_jax import protocols
+  c = importlib.import_module(f'configs.{name}').get_config()
+  coco = 'coco' in name
+  assert c.model.name == 'hsnet' and c.dataset.name == ('coco' if coco else 'pascal')
+  assert (c.model.backbone, c.train.batch_size) == (('resnet101_tv', 40) if coco
+                                                    else ('resnet50_tv', 20))
+  assert (c.train.optimizer, c.train.lr_schedule, c.train.base_lr * c.train.lr_multiplier,
+          c.train.weight_decay, c.train.augment, c.train.crop_size, c.train.epochs) == (
+              'adam', 'constant', 1e-3, 0.0, 'stretch', 400, 2000)
+  r = protocols.resolve(c)
+  assert (r.protocol, r.input_size, r.num_episodes, r.seeds) == ('hsnet', 400, 1000, (0,))
   assert c.shots == (5 if '5shot' in name else 1)
 
 

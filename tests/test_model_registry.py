@@ -25,7 +25,8 @@ MODEL_AGNOSTIC = ('train', 'train_state', 'optimizer', 'evaluate', 'predict', 'c
                   'benchmark', 'benchmark_input', 'cli', 'models/summary', 'config_checks',
                   'default_config', 'workdir_config')
 SPECIFIC_MODELS = ('mmnet_jax.models.mmnet', 'mmnet_jax.models.mmnet_spec',
-                   'mmnet_jax.models.pfenet', 'mmnet_jax.models.pfenet_spec')
+                   'mmnet_jax.models.pfenet', 'mmnet_jax.models.pfenet_spec',
+                   'mmnet_jax.models.hsnet', 'mmnet_jax.models.hsnet_spec')
 
 
 def _main(*args, cwd=REPO):
@@ -195,9 +196,42 @@ def test_a_model_from_its_own_file_trains_evaluates_and_predicts_through_main(tm
   assert Image.open(tmp_path / 'pred.png').size == (48, 40)
 
 
+def test_hsnet_trains_evaluates_and_predicts_through_main(tmp_path):
+  """HSNet like the other models: main.py train (Adam, its loss), eval from the workdir alone
+  and a 2-shot predict (the vote) in fresh processes."""
+  workdir, data_dir = tmp_path / 'run', tmp_path / 'tfds'
+  data = f'--config.dataset.data_dir={data_dir}'
+  out = _main('--config=configs/hsnet/synth_1shot.py:runlocal', f'--workdir={workdir}', data,
+              '--config.train.num_steps=4', '--config.train.eval_every=4',
+              '--config.train.checkpoint_every=4', '--config.eval.num_episodes=8',
+              '--config.eval.during_training_episodes=8')
+  assert out.returncode == 0, out.stderr[-3000:]
+  recorded = json.loads((workdir / 'config.json').read_text())
+  assert recorded['model']['name'] == 'hsnet' and recorded['train']['optimizer'] == 'adam'
+  results = json.loads((workdir / 'results.json').read_text())
+  assert 0.0 <= results['miou'] <= 100.0 and results['step'] == 4
+  out = _main('--mode=eval', f'--workdir={workdir}', data)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert json.loads((workdir / 'eval_results.json').read_text())['miou'] == pytest.approx(
+      results['miou'])
+  image = np.zeros((40, 48, 3), np.uint8)
+  image[10:30, 12:36] = (200, 30, 30)
+  mask = np.zeros((40, 48), np.uint8)
+  mask[10:30, 12:36] = 1
+  Image.fromarray(image).save(tmp_path / 'img.png')
+  Image.fromarray(mask).save(tmp_path / 'mask.png')
+  support = f'--support={tmp_path / "img.png"}:{tmp_path / "mask.png"}'
+  out = _main('--mode=predict', f'--workdir={workdir}', data, support, support,
+              f'--query={tmp_path / "img.png"}', f'--output={tmp_path / "pred.png"}')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert '2-shot' in out.stdout and Image.open(tmp_path / 'pred.png').size == (48, 40)
+
+
 @pytest.mark.parametrize('config_file, original, diff', [
     ('configs/pascal_1shot.py', '34,120,138', 'ours -131,584'),
-    ('configs/pfenet/pascal_1shot.py', '34,448,842', 'the same count')])
+    ('configs/pfenet/pascal_1shot.py', '34,448,842', 'the same count'),
+    ('configs/hsnet/pascal_1shot.py', '28,130,826', 'ours -2,049,000'),
+    ('configs/hsnet/coco_1shot.py', '47,136,554', 'ours -2,049,000')])
 def test_summary_states_the_originals_parameter_count(config_file, original, diff):
   import importlib.util
   from mmnet_jax import cli

@@ -113,3 +113,38 @@ def test_float64_parameters_get_a_float64_learning_rate():
     assert updates['head']['w'].dtype == jnp.float64
     np.testing.assert_allclose(updates['head']['w'], expected, rtol=1e-14)
   assert optimizer.poly_lr(c, 7)(0).dtype == jnp.float32   # float32 parameters: unchanged
+
+
+def test_adam_constant_matches_hand_computed_torch_adam():
+  """torch.optim.Adam (HSNet's): m, v with bias corrections, eps outside the square root,
+  weight decay added to the gradient; 'constant' keeps lr_multiplier * base_lr every step."""
+  c = _config(total=10)
+  c.train.optimizer, c.train.lr_schedule = 'adam', 'constant'
+  c.train.base_lr, c.train.lr_multiplier, c.train.weight_decay = 1e-3, 1.0, 0.01
+  params = {'backbone': {'w': jnp.array([1.0, -2.0])}, 'head': {'w': jnp.array([0.5, 3.0])}}
+  c.model.freeze_backbone = True
+  tx = optimizer.make_optimizer(c, 10, params)
+  state = tx.init(params)
+  assert float(optimizer.learning_rate(c, 10)(9)) == pytest.approx(1e-3)
+  p, m, v = np.array([0.5, 3.0]), np.zeros(2), np.zeros(2)
+  for t, g in enumerate([np.array([0.1, -0.3]), np.array([0.2, 0.05]), np.array([-1.0, 2.0])],
+                        start=1):
+    d = g + 0.01 * p
+    m = 0.9 * m + 0.1 * d
+    v = 0.999 * v + 0.001 * d * d
+    p = p - 1e-3 / (1 - 0.9 ** t) * m / (np.sqrt(v) / np.sqrt(1 - 0.999 ** t) + 1e-8)
+    grads = {'backbone': {'w': jnp.array([5.0, 5.0])}, 'head': {'w': jnp.asarray(g)}}
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(params['head']['w'], p, rtol=1e-6)
+  np.testing.assert_array_equal(params['backbone']['w'], [1.0, -2.0])   # frozen
+
+
+def test_unknown_optimizer_and_schedule_name_the_field():
+  c = _config()
+  c.train.optimizer = 'rmsprop'
+  with pytest.raises(ValueError, match='config.train.optimizer'):
+    optimizer.make_optimizer(c, 10, {'head': jnp.zeros(2)})
+  c.train.optimizer, c.train.lr_schedule = 'sgd', 'cosine'
+  with pytest.raises(ValueError, match='config.train.lr_schedule'):
+    optimizer.learning_rate(c, 10)

@@ -225,6 +225,25 @@ def train_transform(image: np.ndarray, label: np.ndarray, rng: np.random.Generat
   return conventions.normalize_image(image).astype(np.float32), np.ascontiguousarray(label)
 
 
+# config.train.augment: PFENet's train_transform, or HSNet's (no augmentation: `stretch`).
+TRAIN_AUGMENTS = ('pfenet', 'stretch')
+
+
+def stretch(image: np.ndarray, label: np.ndarray, size: int):
+  """HSNet's transform (training and test) of one (image, binarised label) pair: both
+  stretched to size x size (aspect ratio not kept), the image bilinearly (half-pixel centres,
+  no antialiasing: torchvision's PIL Resize antialiases when it shrinks), the label by
+  nearest neighbour.
+
+  Returns (float32 (size, size, 3) normalised image, uint8 (size, size) label).
+  """
+  image = to_rgb(image)
+  label = np.asarray(label, np.uint8)
+  _check_pair(image, label)
+  return (conventions.normalize_image(resize_bilinear(image, size, size)).astype(np.float32),
+          resize_nearest(label, size, size))
+
+
 EVAL_RESIZES = ('resize', 'test_resize')   # PFENet transform.Resize, transform.test_Resize
 
 

@@ -28,6 +28,8 @@ Config fields read:
   train.crop_size            training crop side.
   train.scale_min, train.scale_max   RandScale range.
   train.rotate_deg           RandRotate range +-deg.
+  train.augment              'pfenet' (the above) or 'stretch' (HSNet: stretched to crop_size,
+                             no augmentation).
   train.num_steps            > 0: the stream ends there; 0: endless (the caller stops it).
   eval.size                  eval canvas side (PFENet Resize).
   eval.resize                optional, 'resize' (default, PFENet Resize) or 'test_resize'.
@@ -149,16 +151,28 @@ def _load_binarised(split, index: int, class_id: int):
   return image, episodes_lib.binarise(label, class_id)
 
 
-def _train_row(pool, ep, seed_words: list[int], kwargs) -> tuple:
+def _transform(train_config):
+  """(image, label, rng) -> (image, label) of `config.train.augment`."""
+  t, size = train_config, int(train_config.crop_size)
+  kind = t.get('augment', 'pfenet')
+  if kind == 'stretch':   # HSNet: no augmentation, so no draws
+    return lambda image, label, rng: augment.stretch(image, label, size)
+  if kind != 'pfenet':
+    raise ValueError(f'config.train.augment={kind!r}; expected one of '
+                     f'{list(augment.TRAIN_AUGMENTS)}')
+  kwargs = dict(crop_size=size, scale_min=float(t.scale_min), scale_max=float(t.scale_max),
+                rotate_deg=float(t.rotate_deg))
+  return lambda image, label, rng: augment.train_transform(image, label, rng, **kwargs)
+
+
+def _train_row(pool, ep, seed_words: list[int], transform) -> tuple:
   """Augmented (query image, query label, support images, support labels) of one episode."""
   image, label = _load_binarised(pool.split, ep.query_index, ep.class_id)
-  q_img, q_lbl = augment.train_transform(image, label, np.random.default_rng(seed_words + [1]),
-                                         **kwargs)
+  q_img, q_lbl = transform(image, label, np.random.default_rng(seed_words + [1]))
   supports = []
   for j, s in enumerate(ep.support_indices):
     image, label = _load_binarised(pool.split, s, ep.class_id)
-    supports.append(augment.train_transform(
-        image, label, np.random.default_rng(seed_words + [2 + j]), **kwargs))
+    supports.append(transform(image, label, np.random.default_rng(seed_words + [2 + j])))
   return q_img, q_lbl, supports
 
 
@@ -180,14 +194,13 @@ def train_batch(pool: episodes_lib.Pool, config, step: int, rows: Sequence[int],
   """
   seed, shots = int(config.seed), int(config.shots)
   t = config.train
-  kwargs = dict(crop_size=int(t.crop_size), scale_min=float(t.scale_min),
-                scale_max=float(t.scale_max), rotate_deg=float(t.rotate_deg))
+  transform = _transform(t)
   out = empty_batch(len(rows), shots, int(t.crop_size))
   for i, row in enumerate(rows):
     for attempt in range(MAX_REDRAWS + 1):
       ep, words = _episode(pool, seed, step, row, int(t.batch_size), shots, attempt)
       try:
-        q_img, q_lbl, supports = _train_row(pool, ep, words, kwargs)
+        q_img, q_lbl, supports = _train_row(pool, ep, words, transform)
         break
       except BadSampleError as e:
         message = f'step {step} row {row}: skipped an episode ({e})'

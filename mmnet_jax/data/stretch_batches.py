@@ -22,15 +22,8 @@ VOID_LABELS = ('ignore', 'background')
 
 
 def stretch_pair(image: np.ndarray, label: np.ndarray, size: int):
-  """HSNet's test transform of one (image, binarised label) pair: both stretched to
-  size x size (aspect ratio not kept), the image bilinearly, the label by nearest neighbour.
-
-  Returns (float32 (size, size, 3) normalised image, uint8 (size, size) label).
-  """
-  image = augment.to_rgb(image).astype(np.float32)
-  label = np.asarray(label, np.uint8)
-  return (conventions.normalize_image(augment.resize_bilinear(image, size, size)).astype(np.float32),
-          augment.resize_nearest(label, size, size))
+  """HSNet's test transform of one (image, binarised label) pair (augment.stretch)."""
+  return augment.stretch(image, label, size)
 
 
 def stretch_eval_batch(split, episode_list, size: int, label_side: int, original: bool,

@@ -50,6 +50,8 @@ BACKBONES = {
 
 # (stride, dilation) of each layer's first block / 3x3 convs: output stride 8.
 _LAYER_STRIDE_DILATION = ((1, 1), (2, 1), (1, 2), (1, 4))
+# torchvision's classification ResNet (HSNet): no dilation, output stride 32.
+_LAYER_STRIDE_PLAIN = ((1, 1), (2, 1), (2, 1), (2, 1))
 
 
 def get_spec(name: str) -> BackboneSpec:
@@ -79,6 +81,7 @@ class Bottleneck(nn.Module):
   dilation: int = 1
   downsample: bool = False
   dtype: Any = jnp.float32   # computation dtype
+  final_relu: bool = True    # False: the residual sum before its ReLU (HSNet's features)
 
   @nn.compact
   def __call__(self, x, use_running_average: bool):
@@ -94,7 +97,8 @@ class Bottleneck(nn.Module):
       residual = _conv(p * EXPANSION, 1, cin, 'downsample_conv', stride=self.stride,
                        dtype=dt)(x)
       residual = BatchNorm(name='downsample_bn')(residual, use_running_average)
-    return nn.relu(out + residual)
+    out = out + residual
+    return nn.relu(out) if self.final_relu else out
 
 
 class Stem(nn.Module):
@@ -129,18 +133,26 @@ class ResNetBackbone(nn.Module):
   (the support path of the original: layer4(layer3 * mask)). One call = one pass of the
   original's layer0..layer4, so BatchNorm statistics are per call, as in torch.
   Features come out in ``dtype`` (the computation dtype; parameters are float32).
+
+  ``dilated=False`` is torchvision's ResNet (layer2..4 at strides 8, 16, 32; sides
+  ceil(H / 8), ceil(H / 16), ceil(H / 32)). ``all_blocks=True`` returns instead the tuple of
+  every layer2..4 bottleneck's residual sum before its last ReLU, in order (HSNet's
+  extract_feat_res); the parameters are the same.
   """
   name_or_spec: str = 'resnet50'
   dtype: Any = jnp.float32
+  dilated: bool = True
+  all_blocks: bool = False
 
   @nn.compact
   def __call__(self, x, use_running_average: bool, layer4_mask=None):
     spec = get_spec(self.name_or_spec)
     x = Stem(spec.deep_stem, spec.stem_widths, dtype=self.dtype, name='stem')(
         x.astype(self.dtype), use_running_average)
-    feats = []
+    feats, blocks = [], []
+    layout = _LAYER_STRIDE_DILATION if self.dilated else _LAYER_STRIDE_PLAIN
     for l, (n_blocks, planes, (stride, dil)) in enumerate(
-        zip(spec.blocks, spec.widths, _LAYER_STRIDE_DILATION), start=1):
+        zip(spec.blocks, spec.widths, layout), start=1):
       if l == 4 and layer4_mask is not None:
         if layer4_mask.shape != x.shape[:3]:
           raise ValueError(f'layer4_mask shape {layer4_mask.shape} != layer3 map {x.shape[:3]}')
@@ -150,8 +162,15 @@ class ResNetBackbone(nn.Module):
         # As torch's _make_layer: a projection shortcut only where the shape changes.
         down = i == 0 and (s != 1 or x.shape[-1] != planes * EXPANSION)
         x = Bottleneck(planes, stride=s, dilation=dil, downsample=down, dtype=self.dtype,
-                       name=f'layer{l}_{i}')(x, use_running_average)
+                       final_relu=not self.all_blocks, name=f'layer{l}_{i}')(
+                           x, use_running_average)
+        if self.all_blocks:
+          if l > 1:
+            blocks.append(x)
+          x = nn.relu(x)
       feats.append(x)
+    if self.all_blocks:
+      return tuple(blocks)
     return feats[1], feats[2], feats[3]
 
 

@@ -18,7 +18,8 @@ PathT = tuple[str, ...]
 
 
 class Target(collections.namedtuple('Target', 'path kind has_bias')):
-  """Flax target of one torch module: its path, 'conv' | 'bn' | 'parameter', conv bias flag.
+  """Flax target of one torch module: its path, 'conv' | 'bn' | 'norm' | 'parameter', conv
+  bias flag. 'norm' is an affine norm without running statistics (GroupNorm: weight, bias).
 
   'parameter' is a bare nn.Parameter saved under its own name with a leading axis of 1
   (MM-Net's part_emb_2_level (1, C, N) -> (C, N)).
@@ -80,19 +81,25 @@ def fem_required(found: set[PathT], default_scales: int = 4) -> list[PathT]:
 
 @dataclasses.dataclass(frozen=True)
 class HeadKeyMap:
-  """The non-backbone keys of one model's released checkpoint (a FEM decoder model).
+  """The non-backbone keys of one model's released checkpoint.
 
   modules: the model's own torch module names -> targets (besides the FEM decoder's).
   skip: regex (re.match on the key without 'module.') of keys dropped on purpose.
-  Checkpoints of this family store the backbone as PFENet.py does: a `layer0` nn.Sequential
-  deep stem and `layer1..4`; `mmnet_jax.convert` maps those.
+  fem: the model has the FEM decoder of PFENet / MM-Net (its keys are known here).
+  backbone_prefix: what the backbone's keys start with ('' for PFENet.py's layer0..layer4 at
+    the top, 'backbone.' for HSNet's torchvision ResNet attribute).
+  stem: 'official' (PFENet.py's `layer0` nn.Sequential deep stem) or 'torchvision' (conv1,
+    bn1); `mmnet_jax.convert` maps the backbone.
   """
   modules: Mapping[str, Target]
   skip: str | None = None
+  fem: bool = True
+  backbone_prefix: str = ''
+  stem: str = 'official'
 
   def target(self, name: str) -> Target | None:
     """The flax target of a torch head module name (no parameter suffix), None if unknown."""
-    return self.modules.get(name) or fem_target(name)
+    return self.modules.get(name) or (fem_target(name) if self.fem else None)
 
   def is_skipped(self, key: str) -> bool:
     return self.skip is not None and re.match(self.skip, key) is not None
@@ -104,6 +111,8 @@ class HeadKeyMap:
   def required(self, found: set[PathT]) -> list[Target]:
     """Head targets that must be present, given the head paths that were found."""
     fixed = list(self.modules.values())
+    if not self.fem:
+      return fixed
     return fixed + [fem_target(fem_torch_name(p)) for p in fem_required(found)]
 
   def torch_name(self, path: PathT) -> str:
@@ -111,4 +120,4 @@ class HeadKeyMap:
     for name, target in self.modules.items():
       if target.path == path:
         return name
-    return fem_torch_name(path)
+    return fem_torch_name(path) if self.fem else '/'.join(path)

@@ -25,7 +25,16 @@ from typing import Any, Callable, Mapping
 BUILTIN = {
     'mmnet': 'mmnet_jax.models.mmnet_spec',
     'pfenet': 'mmnet_jax.models.pfenet_spec',
+    'hsnet': 'mmnet_jax.models.hsnet_spec',
 }
+
+# The input rule of the stride-8 models (PFENet, MM-Net): align-corners resizes between the
+# input and features of side (s - 1) / 8 + 1 need s = 8k + 1.
+SIZE_RULE = '8k + 1 with k >= 1 (e.g. 473, 129, 65, 33)'
+
+
+def eight_k_plus_one(side: int) -> bool:
+  return side >= 9 and (side - 1) % 8 == 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +60,10 @@ class ModelSpec:
     summary states it beside ours); reference_note says what makes them differ, if they do.
   runlocal: (config.model) -> None; shrinks the model for CPU smoke runs (`runlocal` configs).
   frozen: top-level parameter keys that `config.model.freeze_backbone` freezes.
+  input_size_ok: int side -> whether the model takes it (train.crop_size, eval.size, the
+    stretch side); input_size_rule says it in words for the config checks' messages.
+  stretch_size: the side the 'hsnet' protocol stretches to for this model (HSNet's 400, or
+    the nearest side the model takes).
   """
   name: str
   config_defaults: Callable[[], Any]
@@ -65,6 +78,9 @@ class ModelSpec:
   reference_note: str = ''
   runlocal: Callable[[Any], None] = lambda model_config: None
   frozen: tuple[str, ...] = ('backbone',)
+  input_size_ok: Callable[[int], bool] = eight_k_plus_one
+  input_size_rule: str = SIZE_RULE
+  stretch_size: int = 401
 
 
 _SPECS: dict[str, ModelSpec] = {}

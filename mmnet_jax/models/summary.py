@@ -43,10 +43,13 @@ def module_counts(params: Mapping[str, Any], groups: Sequence[tuple[str, str, st
       rows[label] = (len(subs), sum(count_parameters(params[top][k]) for k in subs))
       seen.update((top, k) for k in subs)
   for top, sub in params.items():
-    if top == 'decoder':
+    # A subtree whose submodules have rows (the FEM decoder, HSNet's learner) lists the rest
+    # of its submodules one by one; any other subtree gets one row.
+    grouped = top == 'decoder' or any(t == top and k is not None for t, k in seen)
+    if grouped:
       for k in sub:
-        if ('decoder', k) not in seen:
-          rows[f'decoder/{k}'] = (1, count_parameters(sub[k]))
+        if (top, k) not in seen:
+          rows[f'{top}/{k}'] = (1, count_parameters(sub[k]))
     elif (top, None) not in seen:
       rows[top] = (1, count_parameters(sub))
   return rows

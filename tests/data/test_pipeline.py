@@ -75,6 +75,31 @@ def test_train_batch_contents(setup):
     assert e.query_index not in e.support_indices
 
 
+def test_stretch_augment_is_hsnets_resize_of_each_image(setup):
+  """train.augment='stretch' (HSNet): every image and binarised label stretched to crop_size,
+  no random draw; the episodes are the same as with PFENet's augmentation."""
+  from mmnet_jax.data import augment  # pylint: disable=g-import-not-at-top
+  split, config, pool = setup
+  c = config.copy_and_resolve_references()
+  c.train.augment = 'stretch'
+  batch = pipeline.train_batch(pool, c, 3, range(4))
+  plain = pipeline.train_batch(pool, config, 3, range(4))
+  for r in range(4):
+    e = ep.train_episode(pool, c.seed, 3, r, 4, 2)
+    assert batch['query_index'][r] == plain['query_index'][r] == e.query_index
+    image, label = pipeline.load_sample(split, e.query_index)
+    want_img, want_lbl = augment.stretch(image, ep.binarise(label, e.class_id), 33)
+    np.testing.assert_array_equal(batch['query_img'][r], want_img)
+    np.testing.assert_array_equal(batch['query_label'][r], want_lbl)
+    image, label = pipeline.load_sample(split, e.support_indices[1])
+    want_img, _ = augment.stretch(image, ep.binarise(label, e.class_id), 33)
+    np.testing.assert_array_equal(batch['support_imgs'][r, 1], want_img)
+  assert not np.array_equal(batch['query_img'], plain['query_img'])
+  c.train.augment = 'cutmix'
+  with pytest.raises(ValueError, match='config.train.augment'):
+    pipeline.train_batch(pool, c, 3, range(1))
+
+
 def test_train_stream_is_deterministic_and_resumable(setup):
   split, config, pool = setup
   stream = list(itertools.islice(pipeline.train_dataset(pool, config, 0, 4), 4))
