@@ -65,7 +65,8 @@ def test_resize_matches_numpy():
     out_h, out_w = (int(v) for v in rng.integers(1, 121, 2))
     assert_image_close(ta.resize_bilinear(image, out_h, out_w),
                        aug.resize_bilinear(image, out_h, out_w))
-    assert_label_equal(ta.resize_nearest(label, out_h, out_w), aug.resize_nearest(label, out_h, out_w))
+    assert_label_equal(ta.resize_nearest(label, out_h, out_w),
+                       aug.resize_nearest(label, out_h, out_w))
 
 
 def test_rotation_matches_numpy_at_random_angles():
@@ -120,8 +121,7 @@ def test_blur_flip_pad_crop_normalise_match_numpy():
     theirs = aug.pad_to(image, label, size)
     assert_image_close(ours[0], theirs[0], 0)
     assert_label_equal(ours[1], theirs[1])
-    ph, pw = theirs[1].shape
-    top, left = int(rng.integers(0, ph - min(size, ph) + 1)), int(rng.integers(0, pw - min(size, pw) + 1))
+    top, left = (int(rng.integers(0, side - size + 1)) for side in theirs[1].shape)  # padded
     cropped = ta.crop(ours[0], ours[1], top, left, size)
     assert_image_close(cropped[0], theirs[0][top:top + size, left:left + size], 0)
     assert_label_equal(cropped[1], theirs[1][top:top + size, left:left + size])
@@ -192,6 +192,8 @@ def test_eval_resize_matches_numpy(fill, mode):
     assert_image_close(ours[0], theirs[0], IMAGE_TOL / conventions.IMAGENET_STD.min())
     assert_label_equal(ours[1], theirs[1])
     assert_label_equal(ours[2], theirs[2])
+  with pytest.raises(tf.errors.InvalidArgumentError, match='too elongated'):
+    ta.eval_resize(np.zeros((2, 100, 3), np.uint8), np.zeros((2, 100), np.uint8), 64, fill, mode)
 
 
 def test_dataset_map_equals_eager():
