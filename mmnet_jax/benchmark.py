@@ -35,26 +35,40 @@ from mmnet_jax import host_allocator
 from mmnet_jax import workdir_io
 
 BACKBONE_NAMES = {'r50': 'resnet50', 'r101': 'resnet101', 'tiny': 'tiny'}
+# HSNet's backbones are torchvision's (models/hsnet_spec.py).
+HSNET_BACKBONE_NAMES = {'r50': 'resnet50_tv', 'r101': 'resnet101_tv', 'tiny': 'tiny'}
 DEFAULT_CONFIGS = ('r50-473-k1', 'r50-473-k5', 'r101-641-k1', 'r101-641-k5')
+# HSNet's own input side is 400 (--model hsnet).
+HSNET_CONFIGS = ('r50-400-k1', 'r50-400-k5', 'r101-400-k1', 'r101-400-k5')
 QUICK_CONFIGS = ('r50-473-k1',)
 
 
-def parse_config_name(name: str) -> dict:
-  """'r50-473-k5' -> {'name', 'backbone': 'resnet50', 'size': 473, 'shots': 5}."""
+def parse_config_name(name: str, model: str = 'mmnet') -> dict:
+  """'r50-473-k5' -> {'name', 'backbone': 'resnet50', 'size': 473, 'shots': 5, 'model'}; the
+  size must be one the model takes (its spec's input_size_ok: 8k + 1 for MM-Net / PFENet)."""
+  from mmnet_jax.models import registry
   match = re.fullmatch(r'(r50|r101|tiny)-(\d+)-k(\d+)', name)
   if not match:
     raise ValueError(f'--configs: {name!r} is not {{r50|r101|tiny}}-{{size}}-k{{shots}} '
                      f'(e.g. r50-473-k1)')
   backbone, size, shots = match.group(1), int(match.group(2)), int(match.group(3))
-  if (size - 1) % 8 or size < 9 or shots < 1:
-    raise ValueError(f'--configs: {name!r} needs size = 8n + 1 >= 9 and shots >= 1')
-  return {'name': name, 'backbone': BACKBONE_NAMES[backbone], 'size': size, 'shots': shots}
+  spec = registry.get(model)
+  if not spec.input_size_ok(size) or shots < 1:
+    rule = 'size = 8n + 1 >= 9' if spec.input_size_rule == registry.SIZE_RULE else (
+        f'size {spec.input_size_rule}')
+    raise ValueError(f'--configs: {name!r} needs {rule} and shots >= 1')
+  names = HSNET_BACKBONE_NAMES if model == 'hsnet' else BACKBONE_NAMES
+  return {'name': name, 'backbone': names[backbone], 'size': size, 'shots': shots,
+          'model': model}
 
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--configs', default=','.join(DEFAULT_CONFIGS),
-                 help='comma-separated {r50|r101|tiny}-{size}-k{shots}')
+  p.add_argument('--configs', default='',
+                 help='comma-separated {r50|r101|tiny}-{size}-k{shots} (default: '
+                 f'{",".join(DEFAULT_CONFIGS)}; HSNet: {",".join(HSNET_CONFIGS)})')
+  p.add_argument('--model', default='mmnet',
+                 help='config.model.name: mmnet, pfenet, hsnet or a registered model')
   p.add_argument('--quick', action='store_true',
                  help=f'only {",".join(QUICK_CONFIGS)} (a 2-core CPU takes minutes per config)')
   p.add_argument('--train-batch', type=int, default=4, help='train episodes per step (MM-Net: 4)')
@@ -178,12 +192,13 @@ def measure_peak(sizes=(1024, 2048, 4096), repeats: int = 5) -> dict:
 # The steps.
 
 def make_config(spec: dict, train_batch: int, dtype: str = 'float32', chunk: int | None = None):
-  """The default (MM-Net) config at the spec's backbone, size and shots."""
+  """The default config of the spec's model (MM-Net unless it names one) at its backbone, size
+  and shots."""
   from mmnet_jax import default_config as default
-  config = default.get_config(f'shots={spec["shots"]}')
+  config = default.get_config(f'shots={spec["shots"]}', model=spec.get('model', 'mmnet'))
   config.model.backbone = spec['backbone']
   config.model.dtype = dtype
-  if chunk is not None:
+  if chunk is not None and 'attention_chunk' in config.model:
     config.model.attention_chunk = chunk
   config.train.crop_size = spec['size']
   config.train.batch_size = train_batch
@@ -427,8 +442,11 @@ def bench_config(spec: dict, args, peak: float | None) -> dict:
   model = registry.build(config)
   start = time.perf_counter()
   state, tx = init_state(model, config)
+  # The backbone parts time the dilated ResNet of the FEM models; HSNet's is another network.
+  if registry.model_name(config.model) == 'hsnet':
+    skip |= {'backbone', 'convs'}
   result = {'config': spec, 'train_batch': args.train_batch, 'eval_batch': args.eval_batch,
-            'dtype': args.dtype, 'attention_chunk': config.model.attention_chunk,
+            'dtype': args.dtype, 'attention_chunk': config.model.get('attention_chunk'),
             'init_s': time.perf_counter() - start}
   variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
   size, shots = spec['size'], spec['shots']
@@ -452,7 +470,8 @@ def bench_config(spec: dict, args, peak: float | None) -> dict:
           f'{result["backbone_convs"].get("pct_of_peak", 0):.0f}% of peak', flush=True)
   if 'train' not in skip:
     batch = random_batch(args.train_batch, shots, size, seed=3)
-    result['convs'] = frozen_backbone_convs(model, config, state, tx, batch)
+    if 'backbone' not in skip:
+      result['convs'] = frozen_backbone_convs(model, config, state, tx, batch)
     result['train'] = rates(bench_train(model, config, state, tx, batch, args.repeats,
                                         args.warmup), args.train_batch, peak)
     print(f'  {spec["name"]} train: {result["train"]["s_per_episode"]:.2f} s/episode',
@@ -491,8 +510,11 @@ def _cpu_model() -> str:
 
 def run(args) -> dict:
   """All measurements as one results dict."""
-  names = QUICK_CONFIGS if args.quick else tuple(filter(None, args.configs.split(',')))
-  specs = [parse_config_name(n) for n in names]
+  model = getattr(args, 'model', 'mmnet')
+  default_names = HSNET_CONFIGS if model == 'hsnet' else DEFAULT_CONFIGS
+  names = QUICK_CONFIGS if args.quick else tuple(
+      filter(None, (args.configs or ','.join(default_names)).split(',')))
+  specs = [parse_config_name(n, model) for n in names]
   results = {'device': device_info(), 'args': vars(args),
              'keep_freed_memory': getattr(args, 'keep_freed_memory', None)}
   results['peak'] = measure_peak(tuple(int(n) for n in args.peak_sizes.split(',')))

@@ -15,7 +15,12 @@ TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_parse_config_name():
   assert benchmark.parse_config_name('r101-641-k5') == {
-      'name': 'r101-641-k5', 'backbone': 'resnet101', 'size': 641, 'shots': 5}
+      'name': 'r101-641-k5', 'backbone': 'resnet101', 'size': 641, 'shots': 5, 'model': 'mmnet'}
+  # HSNet takes any side (its own 400) on torchvision's ResNets.
+  assert benchmark.parse_config_name('r50-400-k5', 'hsnet') == {
+      'name': 'r50-400-k5', 'backbone': 'resnet50_tv', 'size': 400, 'shots': 5, 'model': 'hsnet'}
+  with pytest.raises(ValueError, match='8n \\+ 1'):
+    benchmark.parse_config_name('r50-400-k1')
   assert benchmark.parse_config_name('tiny-33-k1')['backbone'] == 'tiny'
   for bad in ('r34-473-k1', 'r50-470-k1', 'r50-473-k0', 'r50-473'):
     with pytest.raises(ValueError, match='--configs'):
