@@ -1,4 +1,5 @@
-"""Numerical parity of mmnet_jax against the original PyTorch MM-Net or PFENet.
+"""Numerical parity of mmnet_jax against the original PyTorch MM-Net or PFENet (HSNet:
+`--model hsnet` runs tools/parity_hsnet.py, whose docstring says what it compares).
 
     python tools/parity_official.py --model mmnet|pfenet --official-repo PATH \
         [--depth 50] [--size 473] [--shots 1,5] [--steps 3] [--dtype float32|float64]
@@ -865,8 +866,14 @@ def write_section(path, model_name, text):
 
 
 def main(argv=None):
+  argv_list = list(sys.argv[1:] if argv is None else argv)
+  if any(a in ('--model=hsnet',) for a in argv_list) or any(
+      a == '--model' and b == 'hsnet' for a, b in zip(argv_list, argv_list[1:])):
+    import parity_hsnet  # pylint: disable=g-import-not-at-top  (HSNet: tools/parity_hsnet.py)
+    return parity_hsnet.main(argv_list)
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--model', default='mmnet', choices=sorted(parity_models.ORIGINALS))
+  parser.add_argument('--model', default='mmnet', choices=sorted(parity_models.ORIGINALS) +
+                      ['hsnet'])
   parser.add_argument('--official-repo', required=True,
                       help="a checkout of the original's model/ and util/")
   parser.add_argument('--depth', type=int, default=50, choices=(50, 101))
