@@ -16,9 +16,8 @@ def check(results, size):
   for r in results['input'].values():
     assert r['episodes_per_s'] > 0
     assert r['episodes_per_s'] == pytest.approx(r['episodes'] / r['seconds'])
-  # A 5-shot episode decodes and augments 6 images, a 1-shot one 2.
-  assert results['input']['train_5shot']['episodes_per_s'] < (
-      results['input']['train_1shot']['episodes_per_s'])
+  # No speed comparison between the streams here: under a loaded host the 5-shot stream once
+  # measured faster than the 1-shot one. Speeds are the benchmark's output, not a test's.
 
 
 def test_smoke_tiny_sizes_writes_json(tmp_path):
