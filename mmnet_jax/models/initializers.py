@@ -44,7 +44,8 @@ memory_slot_init = jax.nn.initializers.normal(stddev=1.0)
 
 def torch_conv(features: int, kernel_size: int, in_features: int, *, use_bias: bool = False,
                padding: int = 0, stride: int = 1, dilation: int = 1, name: str | None = None,
-               kernel_init=torch_conv_kernel_init, dtype=None) -> Conv2d:
+               kernel_init=torch_conv_kernel_init, dtype=None, small_maps: bool = False
+               ) -> Conv2d:
   """A ``Conv2d`` with torch Conv2d semantics: explicit symmetric padding and torch init.
 
   ``dtype`` is the computation dtype (None: from the inputs); parameters stay float32.
@@ -52,4 +53,4 @@ def torch_conv(features: int, kernel_size: int, in_features: int, *, use_bias: b
   fan_in = in_features * kernel_size * kernel_size
   return Conv2d(features, kernel_size, stride=stride, padding=padding, dilation=dilation,
                 use_bias=use_bias, kernel_init=kernel_init, bias_init=torch_bias_init(fan_in),
-                name=name, dtype=dtype)
+                name=name, dtype=dtype, small_maps=small_maps)
