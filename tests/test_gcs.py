@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 
 from mmnet_jax import storage
+from mmnet_jax import workdir_io
 
 pytestmark = pytest.mark.gcs
 
@@ -122,3 +123,74 @@ def test_write_json_atomic_local_mode(tmp_path):
   os.umask(umask)
   assert path.stat().st_mode & 0o777 == 0o666 & ~umask
   assert os.listdir(tmp_path / 'sub') == ['r.json']
+
+
+def test_lock_refuses_a_second_run_and_names_the_holder(bucket):
+  workdir = storage.join(bucket, 'locked')
+  lock_path = storage.join(workdir, workdir_io.LOCK_FILE)
+  with workdir_io.WorkdirLock(workdir):
+    holder = json.loads(storage.read_text(lock_path))
+    assert (holder['pid'], holder['host']) == (os.getpid(), socket.gethostname())
+    with pytest.raises(workdir_io.WorkdirInUseError) as refused:
+      workdir_io.WorkdirLock(workdir).acquire()
+    message = str(refused.value)
+    assert f'in use by pid {os.getpid()} on host {socket.gethostname()!r}' in message
+    assert f'(lock {lock_path})' in message
+    assert f'gcloud storage rm {lock_path}' in message
+  assert not storage.exists(lock_path)   # released
+  with workdir_io.WorkdirLock(workdir):   # and free again
+    assert storage.exists(lock_path)
+
+
+def test_lock_release_leaves_another_runs_lock(bucket, client, caplog):
+  workdir = storage.join(bucket, 'taken')
+  lock = workdir_io.WorkdirLock(workdir)
+  lock.acquire()
+  # Someone frees the workdir by hand and another run locks it: a new object generation.
+  client.blob('taken/run.lock').delete()
+  other = workdir_io.WorkdirLock(workdir)
+  other.acquire()
+  with caplog.at_level('WARNING'):
+    lock.release()
+  assert 'no longer this run' in caplog.text
+  assert json.loads(storage.read_text(storage.join(workdir, 'run.lock')))['id'] == other._id
+  other.release()
+  assert not storage.exists(storage.join(workdir, 'run.lock'))
+
+
+def test_lock_of_a_dead_pid_on_this_host_is_taken_over(bucket, client, caplog):
+  dead = subprocess.Popen(['true'])
+  dead.wait()
+  record = {'pid': dead.pid, 'host': socket.gethostname(), 'since': 'then', 'id': 'old'}
+  client.blob('stale/run.lock').upload_from_string(json.dumps(record))
+  workdir = storage.join(bucket, 'stale')
+  with caplog.at_level('WARNING'):
+    with workdir_io.WorkdirLock(workdir) as lock:
+      holder = json.loads(storage.read_text(storage.join(workdir, 'run.lock')))
+      assert holder['id'] == lock._id
+  assert f'stale lock {workdir}/run.lock of pid {dead.pid}' in caplog.text
+
+
+def test_lock_of_another_host_is_refused(bucket, client):
+  record = {'pid': 1, 'host': 'elsewhere', 'since': 'then', 'id': 'other'}
+  client.blob('remote/run.lock').upload_from_string(json.dumps(record))
+  with pytest.raises(workdir_io.WorkdirInUseError, match="pid 1 on host 'elsewhere'"):
+    workdir_io.WorkdirLock(storage.join(bucket, 'remote')).acquire()
+  assert json.loads(storage.read_text(storage.join(bucket, 'remote/run.lock'))) == record
+
+
+def test_summary_writer_uploads_event_files(bucket, tmp_path):
+  import tensorflow as tf
+  logdir = storage.join(bucket, 'run', 'tensorboard')
+  writer = workdir_io.SummaryWriter(logdir)
+  writer.scalars(1, {'loss': 0.5})
+  (name,) = storage.listdir(logdir)   # there after the first flush, before close
+  writer.scalars(2, {'loss': 0.25})
+  writer.close()
+  assert storage.listdir(logdir) == [name]
+  local = tmp_path / name
+  local.write_bytes(storage.read_bytes(storage.join(logdir, name)))
+  losses = {e.step: float(tf.make_ndarray(v.tensor))
+            for e in tf.compat.v1.train.summary_iterator(str(local))
+            for v in e.summary.value if v.tag == 'loss'}
+  assert losses == {1: 0.5, 2: 0.25}
