@@ -107,6 +107,15 @@ def remove(path) -> None:
     os.remove(path)
 
 
+def rename(path, target) -> None:
+  """Moves a file or directory. On GCS a copy then a delete of every object below `path`: not
+  atomic, so only for what no reader needs whole (checkpoints set aside)."""
+  if is_remote(path):
+    _gcs().fs(path).mv(os.fspath(path), os.fspath(target), recursive=True)
+  else:
+    os.rename(path, target)
+
+
 def _umask() -> int:
   mask = os.umask(0)
   os.umask(mask)
