@@ -194,3 +194,45 @@ def test_summary_writer_uploads_event_files(bucket, tmp_path):
             for e in tf.compat.v1.train.summary_iterator(str(local))
             for v in e.summary.value if v.tag == 'loss'}
   assert losses == {1: 0.5, 2: 0.25}
+
+
+def test_checkpoints_save_restore_and_set_aside_on_gcs(bucket, client):
+  import jax.numpy as jnp
+  import numpy as np
+  from mmnet_jax import checkpoint
+  workdir = storage.join(bucket, 'ckpt')
+  run = checkpoint.RunCheckpoints(workdir)
+  for step in (3, 5):
+    state = {'w': jnp.arange(6.0).reshape(2, 3) * step, 'step': jnp.int32(step)}
+    run.save_latest(step, state, {'step': step, 'run_id': run.run_id})
+  run.save_best(5, state, {'step': 5, 'run_id': run.run_id})
+  run.close()
+  assert storage.listdir(storage.join(workdir, 'checkpoints')) == ['5']   # max_to_keep=1
+  reader = checkpoint.RunCheckpoints(workdir, read_only=True)
+  for manager in (reader.latest, reader.best):
+    restored, meta = checkpoint.restore(manager, checkpoint.abstract_like(state))
+    np.testing.assert_array_equal(restored['w'], np.arange(6.0).reshape(2, 3) * 5)
+    assert meta == {'step': 5, 'run_id': run.run_id}
+  reader.close()
+  # A partial step (no commit file) left by a killed writer: the next writer sets it aside.
+  client.blob('ckpt/checkpoints/7/state/partial').upload_from_string('x')
+  resumed = checkpoint.RunCheckpoints(workdir)
+  assert resumed.run_id == run.run_id
+  assert storage.listdir(storage.join(workdir, 'checkpoints')) == ['5']
+  (aside,) = storage.listdir(storage.join(workdir, 'set_aside'))
+  assert aside.startswith('checkpoints_7_')
+  assert storage.listdir(storage.join(workdir, 'set_aside', aside, 'state')) == ['partial']
+  resumed.close()
+
+
+def test_episodes_files_round_trip_on_gcs(bucket):
+  import types
+  from mmnet_jax.data import episodes as episodes_lib
+  split = types.SimpleNamespace(name='synth', split='val', image_ids=['a', 'b', 'c'],
+                                class_areas=[{1: 10}] * 3)
+  drawn = [episodes_lib.Episode(query_index=0, class_id=1, support_indices=(1, 2))]
+  path = storage.join(bucket, 'evals', 'episodes.json')
+  episodes_lib.save_episodes(drawn, path, split, meta={'seed': 3})
+  loaded, meta = episodes_lib.load_episodes(path, split, shots=2)
+  assert meta['seed'] == 3 and [(e.query_index, e.class_id) for e in loaded] == [(0, 1)]
+  assert storage.listdir(storage.join(bucket, 'evals')) == ['episodes.json']
