@@ -14,6 +14,7 @@ bucket-type probe speaks gRPC, which emulators lack, and waits a minute per buck
 from __future__ import annotations
 
 import contextlib
+import glob as glob_lib
 import json
 import os
 import tempfile
@@ -105,6 +106,27 @@ def remove(path) -> None:
     gcs.remove(os.fspath(path))
   else:
     os.remove(path)
+
+
+def glob(pattern) -> list[str]:
+  """Sorted paths matching `pattern` (`**` matches any depth), gs:// ones with their prefix."""
+  if is_remote(pattern):
+    return sorted(_gcs().glob(os.fspath(pattern)))
+  return sorted(glob_lib.glob(os.fspath(pattern), recursive=True))
+
+
+@contextlib.contextmanager
+def local_copy(path):
+  """A local path with the contents of `path`, for readers that take only local files
+  (TensorFlow's, kept off gs://): `path` itself, or a temporary copy of the object."""
+  if not is_remote(path):
+    yield os.fspath(path)
+    return
+  with tempfile.TemporaryDirectory() as directory:
+    local = os.path.join(directory, os.path.basename(os.fspath(path)))
+    with open(local, 'wb') as f:
+      f.write(read_bytes(path))
+    yield local
 
 
 def rename(path, target) -> None:

@@ -50,7 +50,8 @@ def check_fingerprint(meta: dict, expected: dict, where: str) -> None:
 
 
 class SummaryWriter:
-  """TensorBoard scalars through tf.summary (TensorFlow is already a dependency of tf.data).
+  """TensorBoard scalars and images through tf.summary (TensorFlow is already a dependency of
+  tf.data).
 
   A gs:// logdir is written locally and its event files uploaded after every flush: TensorFlow's
   own GCS filesystem is kept off gs:// (it has no emulator endpoint to test it against).
@@ -67,6 +68,14 @@ class SummaryWriter:
     with self._writer.as_default():
       for name, value in values.items():
         self._tf.summary.scalar(name, value, step=step)
+    self._writer.flush()
+    self._upload()
+
+  def images(self, step: int, images: dict) -> None:
+    """{tag: (N, H, W, C) uint8} as TensorBoard images at `step`."""
+    with self._writer.as_default():
+      for tag, image in images.items():
+        self._tf.summary.image(tag, image, step=step)
     self._writer.flush()
     self._upload()
 

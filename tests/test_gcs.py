@@ -236,3 +236,27 @@ def test_episodes_files_round_trip_on_gcs(bucket):
   loaded, meta = episodes_lib.load_episodes(path, split, shots=2)
   assert meta['seed'] == 3 and [(e.query_index, e.class_id) for e in loaded] == [(0, 1)]
   assert storage.listdir(storage.join(bucket, 'evals')) == ['episodes.json']
+
+
+def test_plot_run_and_tensorboard_images_on_gcs(bucket):
+  import io
+  import numpy as np
+  from PIL import Image
+  from mmnet_jax import visualize
+  workdir = storage.join(bucket, 'plots')
+  writer = workdir_io.SummaryWriter(storage.join(workdir, 'tensorboard'))
+  for step in (5, 10):
+    writer.scalars(step, {'train/loss': 2.0 / step, 'train/lr': 0.01 * step})
+  writer.images(10, {'eval_episodes/episode_0000': np.zeros((1, 8, 8, 3), np.uint8)})
+  writer.close()
+  assert visualize.read_scalars(storage.join(workdir, 'tensorboard'))['train/loss'] == [
+      (5, pytest.approx(0.4)), (10, pytest.approx(0.2))]
+  results = {'miou': 30.0, 'fb_iou': 55.0, 'class_iou': {'1': 20.0, '2': 40.0},
+             'dataset': 'synthetic', 'fold': 0, 'shots': 1, 'episodes': 4, 'baselines': {}}
+  storage.write_json_atomic(storage.join(workdir, 'results.json'), results)
+  paths = visualize.plot_run(workdir)
+  assert paths == [storage.join(workdir, 'pictures', 'training_curves.png'),
+                   storage.join(workdir, 'pictures', 'class_iou.png')]
+  for path in paths:
+    image = np.asarray(Image.open(io.BytesIO(storage.read_bytes(path))).convert('RGB'))
+    assert image.shape[0] > 200 and image.std() > 10
