@@ -260,3 +260,27 @@ def test_plot_run_and_tensorboard_images_on_gcs(bucket):
   for path in paths:
     image = np.asarray(Image.open(io.BytesIO(storage.read_bytes(path))).convert('RGB'))
     assert image.shape[0] > 200 and image.std() > 10
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_on_a_gcs_workdir(bucket, tmp_path, monkeypatch):
+  """A tiny synthetic run end to end on gs://: nothing lands on local disk but the data."""
+  from configs import synth_1shot
+  from mmnet_jax import evaluate
+  from mmnet_jax import train
+  config = synth_1shot.get_config('runlocal')
+  config.dataset.data_dir = str(tmp_path / 'tfds')
+  config.train.num_steps = 4
+  config.train.batch_size = config.eval.batch_size = 8   # 8 CPU devices (conftest)
+  config.train.eval_every = config.train.log_every = 2
+  config.eval.num_episodes = config.eval.during_training_episodes = 8
+  monkeypatch.chdir(tmp_path)   # a path mistaken for a local one would land here
+  workdir = storage.join(bucket, 'e2e')
+  train.train_and_evaluate(config, workdir)
+  names = storage.listdir(workdir)
+  for name in ('config.json', 'results.json', 'checkpoints', 'best', 'tensorboard'):
+    assert name in names, names
+  assert 'run.lock' not in names
+  again = evaluate.evaluate_workdir(config, workdir, results_file=None)
+  assert storage.isfile(storage.join(workdir, again['results_file']))
+  assert sorted(os.listdir(tmp_path)) == ['tfds']
