@@ -41,6 +41,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mmnet_jax import storage
+
 LATEST_DIR = 'checkpoints'
 BEST_DIR = 'best'
 SET_ASIDE_DIR = 'set_aside'
@@ -64,26 +66,28 @@ def _manager(path: str, max_to_keep: int | None, read_only: bool) -> ocp.Checkpo
   else:
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(os.path.abspath(path), options=options)
+  if not storage.is_remote(path):
+    path = os.path.abspath(path)
+  return ocp.CheckpointManager(path, options=options)
 
 
 def step_path(manager: ocp.CheckpointManager, step: int) -> str:
   """The directory of `step` (orbax's default names: the step number)."""
-  return os.path.join(str(manager.directory), str(step))
+  return storage.join(str(manager.directory), str(step))
 
 
 def is_complete(path: str) -> bool:
   """True if the step directory `path` was committed by orbax and holds both items."""
-  return (os.path.isfile(os.path.join(path, COMMIT_FILE))
-          and all(os.path.isdir(os.path.join(path, item)) for item in ITEMS))
+  return (storage.isfile(storage.join(path, COMMIT_FILE))
+          and all(storage.isdir(storage.join(path, item)) for item in ITEMS))
 
 
 def _step_dirs(directory: str) -> list[int]:
   """The step numbers named by directories in `directory` (temporary names excluded)."""
-  if not os.path.isdir(directory):
+  if not storage.isdir(directory):
     return []
-  return sorted(int(n) for n in os.listdir(directory)
-                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+  return sorted(int(n) for n in storage.listdir(directory)
+                if n.isdigit() and storage.isdir(storage.join(directory, n)))
 
 
 def latest_complete_step(manager: ocp.CheckpointManager) -> int | None:
@@ -92,7 +96,7 @@ def latest_complete_step(manager: ocp.CheckpointManager) -> int | None:
     path = step_path(manager, step)
     if is_complete(path):
       return step
-    if os.path.isdir(path):   # else deleted meanwhile by a writer: nothing to report
+    if storage.isdir(path):   # else deleted meanwhile by a writer: nothing to report
       logging.warning('skipping the incomplete checkpoint %s (no %s or items %s); using the '
                       'last complete step below it', path, COMMIT_FILE, list(ITEMS))
   return None
@@ -100,15 +104,16 @@ def latest_complete_step(manager: ocp.CheckpointManager) -> int | None:
 
 def set_aside(path: str, workdir: str, reason: str) -> str:
   """Moves `path` to `<workdir>/set_aside/<name>_<time>` (never deletes); returns the target."""
-  parent = os.path.join(workdir, SET_ASIDE_DIR)
-  os.makedirs(parent, exist_ok=True)
+  parent = storage.join(workdir, SET_ASIDE_DIR)
+  storage.makedirs(parent)
+  # relpath of two abspaths: also right for gs:// ones, which abspath prefixes alike.
   name = os.path.relpath(os.path.abspath(path), os.path.abspath(workdir)).replace(os.sep, '_')
-  target = os.path.join(parent, f'{name}_{time.strftime("%Y%m%dT%H%M%S")}')
+  target = storage.join(parent, f'{name}_{time.strftime("%Y%m%dT%H%M%S")}')
   n = 1
-  while os.path.exists(target):
-    target = os.path.join(parent, f'{name}_{time.strftime("%Y%m%dT%H%M%S")}_{n}')
+  while storage.exists(target):
+    target = storage.join(parent, f'{name}_{time.strftime("%Y%m%dT%H%M%S")}_{n}')
     n += 1
-  os.rename(path, target)
+  storage.rename(path, target)
   logging.warning('moved %s to %s: %s', path, target, reason)
   return target
 
@@ -146,8 +151,7 @@ def _newest_complete(directory: str) -> int | None:
 def _meta_file(directory: str, step: int) -> dict | None:
   """The JSON meta item of a step as orbax's JsonSave writes it; None if unreadable."""
   try:
-    with open(os.path.join(directory, str(step), 'meta', 'metadata')) as f:
-      meta = json.load(f)
+    meta = json.loads(storage.read_text(storage.join(directory, str(step), 'meta', 'metadata')))
   except (OSError, ValueError):
     return None
   return meta if isinstance(meta, dict) else None
@@ -242,7 +246,7 @@ def _vanished_or(manager, step: int, error: Exception) -> Exception:
   directory = str(manager.directory)
   newer = [s for s in _step_dirs(directory)
            if s > step and is_complete(os.path.join(directory, str(s)))]
-  if newer or not os.path.isdir(step_path(manager, step)):
+  if newer or not storage.isdir(step_path(manager, step)):
     return CheckpointVanishedError(f'checkpoint {step_path(manager, step)} was replaced while '
                                    f'being read: {error}')
   return error

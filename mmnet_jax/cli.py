@@ -12,6 +12,7 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 import jax
 import ml_collections
 
+from mmnet_jax import storage
 from mmnet_jax import workdir_io
 
 MODES = ('train', 'eval', 'summary', 'predict')
@@ -62,7 +63,7 @@ def with_workdir_config(argv: list[str]) -> list[str]:
   mode, workdir = _flag_value(argv, 'mode'), _flag_value(argv, 'workdir')
   if mode not in READ_ONLY_MODES or not workdir or _flag_value(argv, 'config') is not None:
     return argv
-  if not os.path.isfile(os.path.join(workdir, workdir_config.CONFIG_FILE)):
+  if not storage.isfile(storage.join(workdir, workdir_config.CONFIG_FILE)):
     return argv   # load_config_flag reports it
   return argv[:1] + [f'--config={workdir_config.__file__}:{workdir}'] + argv[1:]
 
@@ -138,7 +139,7 @@ def run(mode: str, config: ml_collections.ConfigDict, workdir: str | None,
     return _summary(config)
   if not workdir:
     raise ValueError(f'--workdir is required for --mode={mode}')
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  if not storage.is_remote(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
     raise NotADirectoryError(f'--workdir={workdir}: is a file, expected a directory (or a new '
                              'path)')
   if mode == 'train':

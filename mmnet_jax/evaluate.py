@@ -26,6 +26,7 @@ from mmnet_jax import checkpoint
 from mmnet_jax import metrics
 from mmnet_jax import protocols
 from mmnet_jax import sharding
+from mmnet_jax import storage
 from mmnet_jax import train_state
 from mmnet_jax import workdir_io
 from mmnet_jax.data import dataset_registry
@@ -329,7 +330,7 @@ def eval_results_path(workdir: str, config: ml_collections.ConfigDict) -> str:
   stem = f'{when}_{config.eval.protocol}_{config.shots}shot'
   path = os.path.join(workdir, EVALS_DIR, stem + '.json')
   n = 1
-  while os.path.exists(path):
+  while storage.exists(path):
     n += 1
     path = os.path.join(workdir, EVALS_DIR, f'{stem}_{n}.json')
   return path

@@ -32,6 +32,7 @@ from mmnet_jax import config_checks
 from mmnet_jax import evaluate
 from mmnet_jax import optimizer
 from mmnet_jax import sharding
+from mmnet_jax import storage
 from mmnet_jax import train_state
 from mmnet_jax import workdir_io
 from mmnet_jax.data import dataset_registry
@@ -235,7 +236,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   mesh = sharding.make_mesh()
   config_checks.check_config(config, num_devices=mesh.devices.size)
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   lock = workdir_io.WorkdirLock(workdir)
   if jax.process_index() == 0:
     lock.acquire()

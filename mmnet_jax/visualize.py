@@ -17,16 +17,17 @@ process 0 writes. matplotlib runs with the Agg backend (no display needed).
 
 from __future__ import annotations
 
-import glob
+import io
 import json
 import logging
-import os
 
 import jax
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mmnet_jax import conventions
+from mmnet_jax import storage
+from mmnet_jax import workdir_io
 
 PICTURES_DIR = 'pictures'
 TENSORBOARD_DIR = 'tensorboard'
@@ -170,7 +171,7 @@ class EpisodeGrids:
 
   def __init__(self, workdir: str, max_episodes: int = 8, step: int = 0, subdir: str = '',
                tensorboard: bool = True):
-    self.directory = os.path.join(workdir, PICTURES_DIR, subdir)
+    self.directory = storage.join(workdir, PICTURES_DIR, subdir)
     self.max_episodes = int(max_episodes)
     self.step = int(step)
     self.subdir = subdir
@@ -178,10 +179,8 @@ class EpisodeGrids:
     self._seen = 0
     self._active = jax.process_index() == 0 and self.max_episodes > 0
     self._writer = None
-    if self._active and tensorboard:
-      import tensorflow as tf   # lazily: TF is imported by the eval pipeline anyway
-      self._tf = tf
-      self._writer = tf.summary.create_file_writer(os.path.join(workdir, TENSORBOARD_DIR))
+    if self._active and tensorboard:   # workdir_io's writer keeps TensorFlow off gs://
+      self._writer = workdir_io.SummaryWriter(storage.join(workdir, TENSORBOARD_DIR))
 
   def __call__(self, batch: dict, logit_diff: np.ndarray) -> None:
     if not self._active:
@@ -192,15 +191,13 @@ class EpisodeGrids:
       if not batch['valid'][row] or len(self.paths) >= self.max_episodes:
         continue
       grid = episode_grid(batch, row, logit_diff[row])
-      os.makedirs(self.directory, exist_ok=True)
-      path = os.path.join(self.directory, f'episode_{index:04d}.png')
-      Image.fromarray(grid).save(path)
+      storage.makedirs(self.directory)
+      path = storage.join(self.directory, f'episode_{index:04d}.png')
+      _write_png(grid, path)
       self.paths.append(path)
       if self._writer is not None:
         tag = '/'.join(filter(None, ['eval_episodes', self.subdir, f'episode_{index:04d}']))
-        with self._writer.as_default():
-          self._tf.summary.image(tag, grid[None], step=self.step)
-        self._writer.flush()
+        self._writer.images(self.step, {tag: grid[None]})
 
   def close(self) -> None:
     if self._writer is not None:
@@ -217,9 +214,10 @@ def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
   """
   import tensorflow as tf
   found: dict[str, dict[int, tuple[float, float]]] = {}
-  for path in sorted(glob.glob(os.path.join(logdir, '**', 'events.out.tfevents.*'),
-                               recursive=True)):
-    for event in _readable_events(tf, path):
+  for path in storage.glob(storage.join(logdir, '**', 'events.out.tfevents.*')):
+    with storage.local_copy(path) as local:
+      events = list(_readable_events(tf, local))
+    for event in events:
       for value in event.summary.value:
         kind = value.WhichOneof('value')
         if kind == 'simple_value':
@@ -352,8 +350,23 @@ def plot_class_iou(results: dict, path: str) -> str:
   return _save(class_iou_figure(results), path)
 
 
+def _write_png(image: np.ndarray, path: str) -> None:
+  """A PNG file; on gs:// one upload of the encoded bytes."""
+  if not storage.is_remote(path):
+    Image.fromarray(image).save(path)
+    return
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format='PNG')
+  storage.write_bytes(path, buffer.getvalue())
+
+
 def _save(fig, path: str) -> str:
-  fig.savefig(path, dpi=100)
+  if storage.is_remote(path):
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format='png')
+    storage.write_bytes(path, buffer.getvalue())
+  else:
+    fig.savefig(path, dpi=100)
   _pyplot().close(fig)
   return path
 
@@ -365,15 +378,14 @@ def plot_run(workdir: str) -> list[str]:
   """
   if jax.process_index() != 0:
     return []
-  out_dir = os.path.join(workdir, PICTURES_DIR)
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = storage.join(workdir, PICTURES_DIR)
+  storage.makedirs(out_dir)
   written = []
-  scalars = read_scalars(os.path.join(workdir, TENSORBOARD_DIR))
+  scalars = read_scalars(storage.join(workdir, TENSORBOARD_DIR))
   if scalars:
-    written.append(plot_curves(scalars, os.path.join(out_dir, CURVES_FILE)))
-  results_path = os.path.join(workdir, 'results.json')
-  if os.path.isfile(results_path):
-    with open(results_path) as f:
-      results = json.load(f)
-    written.append(plot_class_iou(results, os.path.join(out_dir, CLASS_IOU_FILE)))
+    written.append(plot_curves(scalars, storage.join(out_dir, CURVES_FILE)))
+  results_path = storage.join(workdir, 'results.json')
+  if storage.isfile(results_path):
+    results = json.loads(storage.read_text(results_path))
+    written.append(plot_class_iou(results, storage.join(out_dir, CLASS_IOU_FILE)))
   return written

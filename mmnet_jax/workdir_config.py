@@ -11,12 +11,12 @@ older workdir still evaluates and its new fields can be overridden.
 from __future__ import annotations
 
 import json
-import os
 
 from absl import logging
 import ml_collections
 
 from mmnet_jax import default_config
+from mmnet_jax import storage
 from mmnet_jax import workdir_io
 from mmnet_jax.models import registry
 
@@ -34,14 +34,13 @@ def _tuples(value):
 
 def load(workdir: str) -> ml_collections.ConfigDict:
   """The ConfigDict recorded in `workdir`; FileNotFoundError / ValueError name the file."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
+  path = storage.join(workdir, CONFIG_FILE)
+  if not storage.isfile(path):
     raise FileNotFoundError(f'{path}: no such file; --workdir must be a training run\'s '
                             'directory, or give --config')
   try:
-    with open(path) as f:
-      recorded = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
+    recorded = json.loads(storage.read_text(path))
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise ValueError(f'{path}: not a readable config ({e}); give --config') from e
   if not isinstance(recorded, dict):
     raise ValueError(f'{path}: expected a JSON object, got {type(recorded).__name__}')

@@ -8,45 +8,27 @@ import errno
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import time
+import uuid
 
 import ml_collections
+
+from mmnet_jax import storage
 
 LOCK_FILE = 'run.lock'
 CONFIG_FILE = 'config.json'   # read back by workdir_config for eval and predict
 
 
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
-
-
-def write_json_atomic(path: str, obj) -> None:
-  """Writes JSON to `path` through a temporary file, so a crash never leaves half a file.
-
-  The file gets the mode of a plain `open` (0644 under the usual umask 022): mkstemp's 0600
-  made results and configs unreadable to the rest of a shared group.
-  """
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix='.tmp')
-  try:
-    os.fchmod(fd, 0o666 & ~_umask())
-    with os.fdopen(fd, 'w') as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.unlink(tmp)
-    raise
+# Writes through a temporary file locally and as one object upload on gs://.
+write_json_atomic = storage.write_json_atomic
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Records the run's config as JSON in the workdir."""
-  write_json_atomic(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+  write_json_atomic(storage.join(workdir, CONFIG_FILE), config.to_dict())
 
 
 # Fingerprint fields added since checkpoints were first written: their value in older ones.
@@ -68,21 +50,48 @@ def check_fingerprint(meta: dict, expected: dict, where: str) -> None:
 
 
 class SummaryWriter:
-  """TensorBoard scalars through tf.summary (TensorFlow is already a dependency of tf.data)."""
+  """TensorBoard scalars and images through tf.summary (TensorFlow is already a dependency of
+  tf.data).
+
+  A gs:// logdir is written locally and its event files uploaded after every flush: TensorFlow's
+  own GCS filesystem is kept off gs:// (it has no emulator endpoint to test it against).
+  """
 
   def __init__(self, logdir: str):
     import tensorflow as tf   # lazily: importing TF costs seconds
     self._tf = tf
-    self._writer = tf.summary.create_file_writer(logdir)
+    self._remote = logdir if storage.is_remote(logdir) else None
+    self._local = tempfile.mkdtemp(prefix='tensorboard-') if self._remote else logdir
+    self._writer = tf.summary.create_file_writer(self._local)
 
   def scalars(self, step: int, values: dict) -> None:
     with self._writer.as_default():
       for name, value in values.items():
         self._tf.summary.scalar(name, value, step=step)
     self._writer.flush()
+    self._upload()
+
+  def images(self, step: int, images: dict) -> None:
+    """{tag: (N, H, W, C) uint8} as TensorBoard images at `step`."""
+    with self._writer.as_default():
+      for tag, image in images.items():
+        self._tf.summary.image(tag, image, step=step)
+    self._writer.flush()
+    self._upload()
+
+  def _upload(self) -> None:
+    """Copies each local event file whole (one object upload each) to the gs:// logdir."""
+    if self._remote is None:
+      return
+    for name in os.listdir(self._local):
+      with open(os.path.join(self._local, name), 'rb') as f:
+        storage.write_bytes(storage.join(self._remote, name), f.read())
 
   def close(self) -> None:
     self._writer.close()
+    self._upload()
+    if self._remote is not None:
+      shutil.rmtree(self._local, ignore_errors=True)
 
 
 class WorkdirInUseError(RuntimeError):
@@ -100,7 +109,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 class WorkdirLock:
-  """Exclusive use of a workdir by one run: `<workdir>/run.lock` holds JSON {pid, host, since}.
+  """Exclusive use of a workdir by one run: `<workdir>/run.lock` holds JSON {pid, host, since,
+  id} (id: a random name for this lock object, telling it from another's of the same pid).
 
   The lock is an flock on that file, so the kernel releases it when the holder dies in any way
   (SIGKILL included); the JSON only names the holder in messages. A finished run removes the
@@ -109,11 +119,20 @@ class WorkdirLock:
   process is taken over with a warning. Where flock is unsupported (some network filesystems)
   the JSON decides: a live pid on this host holds the workdir, a dead one is stale; a holder on
   another host cannot be checked and is refused (delete the file if that run is gone).
+
+  On a gs:// workdir the lock is the object itself, created only where none exists (generation
+  precondition 0, atomic on GCS) and holding the same JSON; release deletes it only while it
+  still is this run's generation. Nothing removes it when its holder is killed: the next run on
+  the holder's host takes over once that pid is gone, and a run elsewhere is refused with the
+  `gcloud storage rm` command that frees the workdir.
   """
 
   def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, LOCK_FILE)
+    self.path = storage.join(workdir, LOCK_FILE)
     self._fd = None
+    self._generation = None   # of the gs:// lock object while this run holds it
+    self._id = uuid.uuid4().hex   # tells this run's lock object from any other's
+    self._bucket = None   # google-cloud-storage's, made on first use
 
   def _holder(self) -> dict:
     try:
@@ -123,12 +142,19 @@ class WorkdirLock:
       return {}
 
   def _in_use(self, holder: dict) -> WorkdirInUseError:
-    return WorkdirInUseError(
+    message = (
         f'workdir {os.path.dirname(self.path)} is in use by pid {holder.get("pid")} on host '
         f'{holder.get("host")!r} (lock {self.path}); use another --workdir or stop that run')
+    if storage.is_remote(self.path):
+      message += (f' (since {holder.get("since")}; if that run is gone, free the workdir with: '
+                  f'gcloud storage rm {self.path})')
+    return WorkdirInUseError(message)
 
   def acquire(self) -> None:
     """Takes the lock or raises WorkdirInUseError naming the holder's pid and host."""
+    if storage.is_remote(self.path):
+      self._acquire_object()
+      return
     import fcntl   # POSIX only; imported here so the module still imports elsewhere
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
     while True:
@@ -171,16 +197,92 @@ class WorkdirLock:
         os.getpid(), socket.gethostname()):
       logging.warning('taking over the stale lock %s of pid %s on host %r (that run is gone)',
                       self.path, holder.get('pid'), holder.get('host'))
-    record = json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
-                         'since': time.strftime('%Y-%m-%dT%H:%M:%S')})
+    record = self._record_json()
     os.ftruncate(fd, 0)
     os.pwrite(fd, record.encode(), 0)
     os.fsync(fd)
     self._fd = fd
 
+  def _record_json(self) -> str:
+    return json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
+                       'since': time.strftime('%Y-%m-%dT%H:%M:%S'), 'id': self._id})
+
+  def _blob(self, generation=None):
+    if self._bucket is None:
+      from google.cloud import storage as gcs   # lazily: only gs:// workdirs need it
+      self._bucket = gcs.Client().bucket(self.path[len(storage.REMOTE_PREFIX):].split('/')[0])
+    name = self.path[len(storage.REMOTE_PREFIX):].partition('/')[2]
+    return self._bucket.blob(name, generation=generation)
+
+  def _acquire_object(self) -> None:
+    """Creates the lock object unless one exists; takes over one left by a dead pid on this
+    host, refuses any other."""
+    from google.api_core import exceptions
+    while True:
+      blob = self._blob()
+      try:
+        blob.upload_from_string(self._record_json(), content_type='application/json',
+                                if_generation_match=0)
+        self._generation = blob.generation
+        return
+      except exceptions.PreconditionFailed:
+        pass
+      found = self._blob_holder()
+      if found is None:
+        continue   # released since the create failed: try again
+      holder, generation = found
+      if holder.get('id') == self._id:   # a retried create whose first try had succeeded
+        self._generation = generation
+        return
+      if not self._stale(holder):
+        raise self._in_use(holder) from None
+      logging.warning('taking over the stale lock %s of pid %s on host %r (that run is gone)',
+                      self.path, holder.get('pid'), holder.get('host'))
+      with contextlib.suppress(exceptions.PreconditionFailed, exceptions.NotFound):
+        self._blob().delete(if_generation_match=generation)   # not one taken meanwhile
+
+  def _blob_holder(self):
+    """(the JSON, the generation) of the lock object, or None where there is none."""
+    from google.api_core import exceptions
+    try:
+      blob = self._blob()
+      blob.reload()
+      data = self._blob(blob.generation).download_as_bytes()
+    except exceptions.NotFound:
+      return None
+    try:
+      holder = json.loads(data)
+    except ValueError:
+      holder = {}
+    return (holder if isinstance(holder, dict) else {}), blob.generation
+
+  @staticmethod
+  def _stale(holder: dict) -> bool:
+    """A holder known to be gone: a dead pid on this host. Other hosts cannot be checked."""
+    pid = holder.get('pid')
+    return (holder.get('host') == socket.gethostname() and isinstance(pid, int)
+            and pid != os.getpid() and not _pid_alive(pid))
+
+  def _release_object(self) -> None:
+    """Deletes the lock object if it is still this run's generation. The precondition makes
+    that atomic on GCS; the check before it is for emulators that ignore it on delete."""
+    from google.api_core import exceptions
+    found = self._blob_holder()
+    try:
+      if found is None or found[1] != self._generation:
+        raise exceptions.PreconditionFailed('another generation')
+      self._blob().delete(if_generation_match=self._generation)
+    except (exceptions.PreconditionFailed, exceptions.NotFound):
+      logging.warning('lock %s is no longer this run\'s (removed or taken over); left as it is',
+                      self.path)
+    self._generation = None
+
   def release(self) -> None:
     """Removes the lock file, then drops the lock (no-op if not held). Removing it while the
     lock is held is safe: `acquire` re-checks that its locked file is still the named one."""
+    if self._generation is not None:
+      self._release_object()
+      return
     if self._fd is None:
       return
     with contextlib.suppress(OSError):

