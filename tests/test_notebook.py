@@ -26,9 +26,12 @@ def _outputs_text(nb) -> str:
 def test_colab_notebook_executes_in_smoke_mode(tmp_path, monkeypatch):
   import nbclient
   import nbformat
-  workdir = tmp_path / 'run'
+  # The Drive option, with a local folder standing in for Drive: the workdir goes under it.
+  drive = tmp_path / 'drive'
+  workdir = drive / 'workdirs' / 'synthetic_1shot_fold0'
   monkeypatch.setenv('MMNET_NOTEBOOK_SMOKE', '1')
-  monkeypatch.setenv('MMNET_NOTEBOOK_WORKDIR', str(workdir))
+  monkeypatch.setenv('MMNET_NOTEBOOK_DRIVE', str(drive))
+  monkeypatch.delenv('MMNET_NOTEBOOK_WORKDIR', raising=False)
   monkeypatch.setenv('MMNET_NOTEBOOK_DATA_DIR', str(tmp_path / 'tfds'))
   monkeypatch.setenv('MMNET_REPO', REPO)
   monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=1')   # faster on CPU
@@ -37,6 +40,7 @@ def test_colab_notebook_executes_in_smoke_mode(tmp_path, monkeypatch):
                           resources={'metadata': {'path': str(tmp_path)}}).execute()
   text = _outputs_text(nb)
   assert 'missing: []' in text            # CI has every requirement: nothing to install
+  assert f'workdir {workdir} (on Drive)' in text
   assert 'RESTORE_MATCHES True' in text   # restored checkpoint: the same mIoU as results.json
   results = json.loads((workdir / 'results.json').read_text())
   assert results['dataset'] == 'synthetic' and results['episodes'] == 8
