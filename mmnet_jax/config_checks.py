@@ -174,8 +174,7 @@ def problems(config, reference=None, num_devices: int | None = None) -> list[str
   c.check('eval.seeds', lambda v: all(_is_int(s) and s >= 0 for s in v),
           'a tuple of ints >= 0 (empty: the protocol\'s seeds)')
   c.check('eval.stretch_size', lambda v: _is_int(v) and (v == 0 or size_ok(v)),
-          f"0 (the protocol's) or {rule.removesuffix(')')}, {spec.stretch_size})"
-          if rule.endswith(')') else f"0 (the protocol's) or {rule}")
+          f"0 (the model's {spec.stretch_size}) or {rule}")
   c.one_of('eval.hsnet_original_size', (False, True))
   c.check('eval.void_label', lambda v: v == '' or v in protocols.VOID_LABELS,
           f"'' (the protocol's) or one of {list(protocols.VOID_LABELS)}")
