@@ -165,6 +165,17 @@ def test_fingerprint_names_the_model_and_old_checkpoints_are_mmnet():
     workdir_io.check_fingerprint({'fingerprint': legacy}, other, 'old')
 
 
+def _support_files(tmp_path) -> str:
+  """A 48x40 image with a red box and its mask in tmp_path: the --support flag for them."""
+  image = np.zeros((40, 48, 3), np.uint8)
+  image[10:30, 12:36] = (200, 30, 30)
+  mask = np.zeros((40, 48), np.uint8)
+  mask[10:30, 12:36] = 1
+  Image.fromarray(image).save(tmp_path / 'img.png')
+  Image.fromarray(mask).save(tmp_path / 'mask.png')
+  return f'--support={tmp_path / "img.png"}:{tmp_path / "mask.png"}'
+
+
 def test_a_model_from_its_own_file_trains_evaluates_and_predicts_through_main(tmp_path):
   workdir, data_dir = tmp_path / 'run', tmp_path / 'tfds'
   data = f'--config.dataset.data_dir={data_dir}'
@@ -183,15 +194,9 @@ def test_a_model_from_its_own_file_trains_evaluates_and_predicts_through_main(tm
   assert json.loads((workdir / 'eval_results.json').read_text())['miou'] == pytest.approx(
       results['miou'])
 
-  image = np.zeros((40, 48, 3), np.uint8)
-  image[10:30, 12:36] = (200, 30, 30)
-  mask = np.zeros((40, 48), np.uint8)
-  mask[10:30, 12:36] = 1
-  Image.fromarray(image).save(tmp_path / 'img.png')
-  Image.fromarray(mask).save(tmp_path / 'mask.png')
+  support = _support_files(tmp_path)
   out = _main('--mode=predict', f'--workdir={workdir}', data,
-              f'--support={tmp_path / "img.png"}:{tmp_path / "mask.png"}',
-              f'--query={tmp_path / "img.png"}', f'--output={tmp_path / "pred.png"}')
+              support, f'--query={tmp_path / "img.png"}', f'--output={tmp_path / "pred.png"}')
   assert out.returncode == 0, out.stderr[-3000:]
   assert Image.open(tmp_path / 'pred.png').size == (48, 40)
 
@@ -214,13 +219,7 @@ def test_hsnet_trains_evaluates_and_predicts_through_main(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   assert json.loads((workdir / 'eval_results.json').read_text())['miou'] == pytest.approx(
       results['miou'])
-  image = np.zeros((40, 48, 3), np.uint8)
-  image[10:30, 12:36] = (200, 30, 30)
-  mask = np.zeros((40, 48), np.uint8)
-  mask[10:30, 12:36] = 1
-  Image.fromarray(image).save(tmp_path / 'img.png')
-  Image.fromarray(mask).save(tmp_path / 'mask.png')
-  support = f'--support={tmp_path / "img.png"}:{tmp_path / "mask.png"}'
+  support = _support_files(tmp_path)
   out = _main('--mode=predict', f'--workdir={workdir}', data, support, support,
               f'--query={tmp_path / "img.png"}', f'--output={tmp_path / "pred.png"}')
   assert out.returncode == 0, out.stderr[-3000:]
