@@ -53,6 +53,9 @@ def get_config(arg=None, model='mmnet'):
   c.dataset.coco_convention = 'interleaved'
   c.dataset.min_class_pixels = 2 * 32 * 32
   c.dataset.filter_intersection = False   # False: PFENet (novel pixels as background)
+  # 'graph': decode and augment as TensorFlow ops (data/graph_pipeline.py); 'numpy': the
+  # numpy/PIL builders in tf.numpy_function (data/pipeline.py). Different training streams.
+  c.dataset.pipeline = 'graph'
   # Synthetic benchmark knobs (used when name == 'synthetic').
   c.dataset.synthetic = ml_collections.ConfigDict()
   c.dataset.synthetic.seed = 0

@@ -114,6 +114,7 @@ def training_recipe(config: ml_collections.ConfigDict) -> dict:
   resume that changes them warns."""
   fields = RECIPE_FIELDS + tuple(registry.of(config).train_defaults)
   return {'seed': config.seed, 'shots': config.shots,
+          'pipeline': pipeline.pipeline_kind(config),
           **{k: config.train[k] for k in dict.fromkeys(fields) if k in config.train}}
 
 
@@ -217,6 +218,7 @@ def _restore(ckpts, state, mesh, config):
   saved = meta.get('recipe')
   if saved is not None:
     now = json.loads(json.dumps(training_recipe(config)))
+    saved = {'pipeline': 'numpy', **saved}   # recorded before there was a graph pipeline
     changed = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
     if changed:
       logging.warning('resuming %s with a changed training recipe (checkpoint -> config): %s; '

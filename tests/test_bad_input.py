@@ -268,19 +268,33 @@ def test_non_finite_step_stops_training_and_keeps_the_last_good_checkpoint(
   reference = reference_params()
   config = shared_config()
   workdir = str(tmp_path / 'run')
-  real = pipeline.train_batch
+  real = pipeline.train_dataset
 
-  def poisoned(pool, cfg, step, rows, skips=None):
-    batch = real(pool, cfg, step, rows, skips)
-    if step == 4:   # the 5th step (1-based count 5) sees a NaN image
-      batch['query_img'][0, 0, 0, 0] = np.nan
-    return batch
+  class Poisoned:
+    """The real stream, with a NaN image in the batch of step 4 (the 5th, 1-based 5)."""
 
-  monkeypatch.setattr(pipeline, 'train_batch', poisoned)
+    def __init__(self, stream, start):
+      self.stream, self.step, self.skips = stream, start, stream.skips
+
+    def __next__(self):
+      batch = next(self.stream)
+      if self.step == 4:
+        batch = dict(batch, query_img=batch['query_img'].copy())
+        batch['query_img'][0, 0, 0, 0] = np.nan
+      self.step += 1
+      return batch
+
+    def close(self):
+      self.stream.close()
+
+  def poisoned(pool, cfg, start_step=0, **kwargs):
+    return Poisoned(real(pool, cfg, start_step=start_step, **kwargs), start_step)
+
+  monkeypatch.setattr(pipeline, 'train_dataset', poisoned)
   with pytest.raises(FloatingPointError, match=r'non-finite loss or gradient at step 5 .*'
                      r'last good checkpoint \(step 4\)'):
     train.train(config, workdir)
-  monkeypatch.setattr(pipeline, 'train_batch', real)
+  monkeypatch.setattr(pipeline, 'train_dataset', real)
   state, meta = load_state(config, workdir)
   assert meta['step'] == 4 and int(state['step']) == 4
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state))

@@ -53,6 +53,9 @@ class FewShotSplit:
   image_ids: tuple[str, ...]
   class_areas: tuple[dict[int, int], ...]     # per image: class id -> pixels at original size
   load: Callable[[int], tuple[np.ndarray, np.ndarray]]  # index -> (uint8 (h,w,3), uint8 (h,w))
+  # index -> (image file bytes, label PNG bytes) as stored, for decoding in the tf.data graph
+  # (graph_pipeline.py); None: not stored encoded (in-memory splits)
+  load_encoded: Callable[[int], tuple[bytes, bytes]] | None = None
 
   def __len__(self):
     return len(self.image_ids)
@@ -125,6 +128,20 @@ class TfdsLoader:
     return image, np.asarray(example['label'], np.uint8)[..., 0]
 
 
+class TfdsEncodedLoader:
+  """index (in list order) -> (image bytes, label PNG bytes) as stored; picklable."""
+
+  def __init__(self, source, order):
+    self._source = source
+    self._order = order
+
+  def __call__(self, index):
+    if not 0 <= index < len(self._order):
+      raise IndexError(f'image index {index} out of range [0, {len(self._order)})')
+    example = self._source[self._order[index]]
+    return bytes(example['image']), bytes(example['label'])
+
+
 def split_from_tfds(builder, name, split, sort_by='list_index'):
   """A built TFDS few-shot builder's `split` as a `FewShotSplit`, rows ordered by `sort_by`
   ('list_index': the source list's order (pascal.py, coco.py); 'image_id': synthetic).
@@ -152,7 +169,8 @@ def split_from_tfds(builder, name, split, sort_by='list_index'):
   return FewShotSplit(
       name=name, split=split, num_classes=NUM_CLASSES[name],
       image_ids=tuple(r[1] for r in rows), class_areas=tuple(r[3] for r in rows),
-      load=TfdsLoader(builder.as_data_source(split=split), tuple(r[2] for r in rows)))
+      load=TfdsLoader(builder.as_data_source(split=split), tuple(r[2] for r in rows)),
+      load_encoded=TfdsEncodedLoader(meta, tuple(r[2] for r in rows)))
 
 
 class CorruptedRecordError(ValueError):

@@ -97,6 +97,18 @@ def train_pool(split, classes: Sequence[int], config) -> episodes_lib.Pool:
                                  filter_intersection=config.dataset.filter_intersection)
 
 
+PIPELINES = ('graph', 'numpy')
+
+
+def pipeline_kind(config) -> str:
+  """config.dataset.pipeline: 'graph' (graph_pipeline.py: decode and augment as TensorFlow
+  ops) or 'numpy' (this module's numpy/PIL builders in tf.numpy_function); absent: 'numpy'."""
+  kind = getattr(config.dataset, 'pipeline', None) or 'numpy'
+  if kind not in PIPELINES:
+    raise ValueError(f'config.dataset.pipeline={kind!r}; expected one of {list(PIPELINES)}')
+  return kind
+
+
 def _row_range(global_batch: int, host_batch_size: int | None, process_index: int,
                process_count: int, field: str) -> range:
   if host_batch_size is None:
@@ -369,6 +381,9 @@ def train_dataset(pool: episodes_lib.Pool, config, start_step: int = 0,
   episodes_lib.check_pool(pool, int(config.shots))
   if num_steps is None:
     num_steps = int(getattr(config.train, 'num_steps', 0) or 0) or _UNBOUNDED_STEPS
+  if pipeline_kind(config) == 'graph':
+    from mmnet_jax.data import graph_pipeline  # pylint: disable=g-import-not-at-top
+    return graph_pipeline.train_dataset(pool, config, rows, start_step, num_steps)
   skips = SkipCounter()
   example = train_batch(pool, config, start_step, rows[:1])
   example = {k: np.empty((len(rows),) + v.shape[1:], v.dtype) for k, v in example.items()}
@@ -389,6 +404,11 @@ def eval_dataset(split, episode_list: Sequence[episodes_lib.Episode], config,
   rows = _row_range(global_batch, host_batch_size, process_index, process_count,
                     'eval.batch_size')
   num_batches = math.ceil(len(episode_list) / global_batch)
+  if not episode_list:
+    raise ValueError('eval_dataset: the episode list is empty')
+  if pipeline_kind(config) == 'graph':
+    from mmnet_jax.data import graph_pipeline  # pylint: disable=g-import-not-at-top
+    return graph_pipeline.eval_dataset(split, episode_list, config, rows)
 
   def make(n):
     return eval_batch(split, episode_list, config, [n * global_batch + r for r in rows])

@@ -86,16 +86,6 @@ def rotation_matrix(center_x, center_y, angle_deg):
                    tf.stack([-b, a, b * cx + (1 - a) * cy])])
 
 
-def _inverse_coords(matrix, out_h, out_w):
-  """Source coordinates (x, y) of every output pixel under the forward affine `matrix`."""
-  full = tf.concat([_f64(matrix), tf.constant([[0, 0, 1]], tf.float64)], axis=0)
-  inv = tf.linalg.inv(full)
-  ys, xs = tf.meshgrid(_f64(tf.range(out_h)), _f64(tf.range(out_w)), indexing='ij')
-  src_x = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
-  src_y = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
-  return src_x, src_y
-
-
 def _paste(inner, top, left, out_h, out_w, fill):
   """`inner` (h, w, C) at (top, left) on an (out_h, out_w, C) canvas of `fill` (per channel)."""
   h, w = tf.shape(inner)[0], tf.shape(inner)[1]
@@ -106,39 +96,40 @@ def _paste(inner, top, left, out_h, out_w, fill):
   return tf.where(inside[:, :, None], tf.pad(inner, pads + [[0, 0]]), canvas)
 
 
+def _projective_transform(matrix):
+  """ImageProjectiveTransform's (1, 8) float32 output-to-input map of the forward affine
+  `matrix` (the inverse is taken in float64, as augment.py)."""
+  full = tf.concat([_f64(matrix), tf.constant([[0, 0, 1]], tf.float64)], axis=0)
+  inv = tf.linalg.inv(full)
+  return tf.cast(tf.concat([inv[0], inv[1], tf.zeros([2], tf.float64)], 0)[None], tf.float32)
+
+
+def _warp(image, matrix, fill, interpolation):
+  """(h, w, C) warped by one fused C++ op per channel (each channel has its own fill)."""
+  shape = tf.shape(image)[:2]
+  transform = _projective_transform(matrix)
+  fill = np.asarray(fill, np.float32).reshape(-1)
+  channels = [tf.raw_ops.ImageProjectiveTransformV3(
+      images=image[None, :, :, c:c + 1], transforms=transform, output_shape=shape,
+      fill_value=float(fill[c % fill.size]), interpolation=interpolation,
+      fill_mode='CONSTANT')[0] for c in range(image.shape[2])]
+  return tf.concat(channels, axis=2) if len(channels) > 1 else channels[0]
+
+
 def warp_affine_bilinear(image, matrix, fill):
-  """cv2.warpAffine INTER_LINEAR, BORDER_CONSTANT=fill, same output size; (h, w, C) float32."""
-  image = tf.cast(image, tf.float32)
-  h, w, c = tf.shape(image)[0], tf.shape(image)[1], tf.shape(image)[2]
-  src_x, src_y = _inverse_coords(matrix, h, w)
-  # One pixel of fill around the image: a tap outside it reads fill, as OpenCV's border.
-  padded = _paste(image, 1, 1, h + 2, w + 2, fill)
-  px = tf.clip_by_value(src_x + 1, 0.0, _f64(w + 1))
-  py = tf.clip_by_value(src_y + 1, 0.0, _f64(h + 1))
-  x0 = tf.cast(tf.floor(px), tf.int32)
-  y0 = tf.cast(tf.floor(py), tf.int32)
-  x1 = tf.minimum(x0 + 1, w + 1)
-  y1 = tf.minimum(y0 + 1, h + 1)
-  wx = tf.cast(px - _f64(x0), tf.float32)[..., None]
-  wy = tf.cast(py - _f64(y0), tf.float32)[..., None]
-  flat = tf.reshape(padded, [-1, c])
-  stride = w + 2
-  top = tf.gather(flat, y0 * stride + x0) * (1 - wx) + tf.gather(flat, y0 * stride + x1) * wx
-  bottom = tf.gather(flat, y1 * stride + x0) * (1 - wx) + tf.gather(flat, y1 * stride + x1) * wx
-  return top * (1 - wy) + bottom * wy
+  """cv2.warpAffine INTER_LINEAR, BORDER_CONSTANT=fill (per channel), same output size;
+  (h, w, 3) float32. Source coordinates are float32 here (ImageProjectiveTransformV3; float64
+  in augment.py, fixed point in OpenCV): measured differences in tests/data/test_tf_augment.py."""
+  image = tf.ensure_shape(tf.cast(image, tf.float32), [None, None, 3])
+  return _warp(image, matrix, fill, 'BILINEAR')
 
 
 def warp_affine_nearest(label, matrix, fill):
-  """cv2.warpAffine INTER_NEAREST, BORDER_CONSTANT=fill, same output size; (h, w) labels."""
+  """cv2.warpAffine INTER_NEAREST, BORDER_CONSTANT=fill, same output size; (h, w) labels.
+  Rounds source coordinates half away from zero (augment.py: floor(x + 0.5)): they differ only
+  on .5 ties, which float32 coordinates (see warp_affine_bilinear) make slightly wider."""
   label = tf.convert_to_tensor(label)
-  h, w = tf.shape(label)[0], tf.shape(label)[1]
-  src_x, src_y = _inverse_coords(matrix, h, w)
-  xi = tf.cast(tf.floor(src_x + 0.5), tf.int32)
-  yi = tf.cast(tf.floor(src_y + 0.5), tf.int32)
-  inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-  out = tf.gather_nd(label, tf.stack([tf.clip_by_value(yi, 0, h - 1),
-                                      tf.clip_by_value(xi, 0, w - 1)], axis=-1))
-  return tf.where(inside, out, tf.cast(fill, label.dtype))
+  return _warp(label[:, :, None], matrix, [fill], 'NEAREST')[:, :, 0]
 
 
 def _blur_taps(n, reflect):
@@ -151,9 +142,32 @@ def _blur_taps(n, reflect):
   return tf.clip_by_value(i, 0, n - 1)
 
 
+def _blur_sliced(image):
+  """gaussian_blur5 for sides >= 3: reflect-101 padding and five shifted slices per axis, the
+  same products summed in the same order as the gathers of `_blur_gathered` (exact), faster."""
+  k = [tf.constant(v) for v in _BLUR_KERNEL]
+  h, w = tf.shape(image)[0], tf.shape(image)[1]
+  padded = tf.pad(image, [[2, 2], [0, 0], [0, 0]], mode='REFLECT')
+  rows = k[0] * padded[0:h]
+  for j in range(1, 5):
+    rows = rows + k[j] * padded[j:j + h]
+  padded = tf.pad(rows, [[0, 0], [2, 2], [0, 0]], mode='REFLECT')
+  out = k[0] * padded[:, 0:w]
+  for j in range(1, 5):
+    out = out + k[j] * padded[:, j:j + w]
+  return out
+
+
 def gaussian_blur5(image):
   """cv2.GaussianBlur(image, (5, 5), 0): separable [1,4,6,4,1]/16, border reflect-101."""
   image = tf.cast(image, tf.float32)
+  h, w = tf.shape(image)[0], tf.shape(image)[1]
+  return tf.cond(tf.minimum(h, w) > 2, lambda: _blur_sliced(image),
+                 lambda: _blur_gathered(image))
+
+
+def _blur_gathered(image):
+  """gaussian_blur5 by index gathers: any size (np.pad's modes for sides <= 2)."""
   h, w = tf.shape(image)[0], tf.shape(image)[1]
   reflect = tf.minimum(h, w) > 2
   k = [tf.constant(v) for v in _BLUR_KERNEL]
@@ -181,6 +195,17 @@ def pad_to(image, label, size):
   top, left = pad_h // 2, pad_w // 2
   image = _paste(tf.cast(image, tf.float32), top, left, h + pad_h, w + pad_w,
                  conventions.IMAGENET_MEAN)
+  label = tf.pad(label, [[top, pad_h - top], [left, pad_w - left]],
+                 constant_values=tf.cast(conventions.IGNORE_LABEL, label.dtype))
+  return image, label
+
+
+def _pad_normalised(image, label, size):
+  """pad_to of a normalised image (its fill, the mean, is 0 once normalised)."""
+  h, w = tf.shape(label)[0], tf.shape(label)[1]
+  pad_h, pad_w = tf.maximum(size - h, 0), tf.maximum(size - w, 0)
+  top, left = pad_h // 2, pad_w // 2
+  image = tf.pad(image, [[top, pad_h - top], [left, pad_w - left], [0, 0]])
   label = tf.pad(label, [[top, pad_h - top], [left, pad_w - left]],
                  constant_values=tf.cast(conventions.IGNORE_LABEL, label.dtype))
   return image, label
@@ -243,11 +268,13 @@ def apply_train(image, label, params, *, crop_size: int):
   image, label = tf.cond(params['rotate'], rotate, lambda: (image, label))
   image = tf.cond(params['blur'], lambda: gaussian_blur5(image), lambda: image)
   image, label = tf.cond(params['flip'], lambda: hflip(image, label), lambda: (image, label))
-  image, label = pad_to(image, label, crop_size)
+  # Normalised before the mean padding, which then is exactly 0: one tf.pad instead of a
+  # per-channel paste, the same numbers as pad_to then normalize.
+  image, label = _pad_normalised(normalize(image), label, crop_size)
   top, left = choose_crop(label, crop_size, params['tops'], params['lefts'])
   image, label = crop(image, label, top, left, crop_size)
-  image = tf.ensure_shape(normalize(image), [crop_size, crop_size, 3])
-  return image, tf.ensure_shape(label, [crop_size, crop_size])
+  return (tf.ensure_shape(image, [crop_size, crop_size, 3]),
+          tf.ensure_shape(label, [crop_size, crop_size]))
 
 
 def train_params(seed, h, w, *, crop_size: int, scale_min: float, scale_max: float,
@@ -273,6 +300,15 @@ def train_transform(image, label, seed, *, crop_size: int, scale_min: float, sca
   params = train_params(seed, tf.shape(label)[0], tf.shape(label)[1], crop_size=crop_size,
                         scale_min=scale_min, scale_max=scale_max, rotate_deg=rotate_deg)
   return apply_train(image, label, params, crop_size=crop_size)
+
+
+def stretch(image, label, size: int):
+  """augment.stretch (HSNet): both stretched to size x size, the image bilinearly (normalised),
+  the label by nearest neighbour."""
+  image = to_rgb(image)
+  label = tf.cast(label, tf.uint8)
+  image = tf.ensure_shape(normalize(resize_bilinear(image, size, size)), [size, size, 3])
+  return image, tf.ensure_shape(resize_nearest(label, size, size), [size, size])
 
 
 def eval_size(h, w, size: int, mode: str = 'resize'):

@@ -1,10 +1,11 @@
 """tf_augment's graph ops against augment.py's numpy ops, on random pairs of many sizes.
 
 Images must agree within IMAGE_TOL on 0-255 (measured: 0, the same float ops in the same
-order); labels exactly, except the rotation at angles that put source coordinates on .5
-rounding ties (multiples of 45 degrees): there the last bit of the inverse matrix decides,
-np.linalg.inv (OpenBLAS, CPU-dependent kernels) and tf.linalg.inv round differently, and the
-test asserts that every differing pixel is such a tie and that they stay under TIE_FRACTION.
+order), except the rotation (one fused TensorFlow op with float32 source coordinates; numpy's
+are float64): within WARP_TOL (measured 3.8e-3). Labels agree exactly, except the rotation's
+pixels whose source coordinates lie within NEAR_TIE of a .5 rounding tie: the test asserts that
+every differing pixel is such a near-tie and counts them (measured 5e-6 of the pixels at random
+angles; 4.3e-3 at multiples of 45 degrees, where exact ties round half away from zero here).
 """
 
 import numpy as np
@@ -17,7 +18,10 @@ from mmnet_jax.data import tf_augment as ta
 
 MEAN = conventions.IMAGENET_MEAN
 IMAGE_TOL = 1e-4     # on 0-255 (normalised outputs are compared at IMAGE_TOL / std)
-TIE_FRACTION = 1e-3  # measured: 8e-5 here, 1.4e-4 over 2,863 (size, angle) cases
+TIE_FRACTION = 1e-4  # labels differing on rotation near-ties (measured 5e-6)
+EXACT_TIE_FRACTION = 1e-2   # at multiples of 45 degrees (measured 4.3e-3)
+WARP_TOL = 0.02      # rotation on 0-255: float32 source coordinates (OpenCV vs numpy: 0.014)
+NEAR_TIE = 1e-3      # pixels from a .5 tie where float32 coordinates may round either way
 TINY = [(1, 1), (1, 2), (2, 1), (2, 2), (1, 5), (5, 1), (2, 3), (3, 3), (3, 4)]
 
 
@@ -69,43 +73,48 @@ def test_resize_matches_numpy():
                        aug.resize_nearest(label, out_h, out_w))
 
 
-def test_rotation_matches_numpy_at_random_angles():
-  rng = np.random.default_rng(2)
-  for h, w in sizes(rng, 100):
-    image, label = random_pair(rng, h, w)
-    angle = rng.uniform(-180, 180)
-    matrix = aug.rotation_matrix(w / 2, h / 2, angle)
-    np.testing.assert_array_equal(ta.rotation_matrix(w / 2, h / 2, angle), matrix)
-    assert_image_close(ta.warp_affine_bilinear(image, matrix, MEAN),
-                       aug.warp_affine_bilinear(image, matrix, MEAN))
-    assert_label_equal(ta.warp_affine_nearest(label, matrix, 255),
-                       aug.warp_affine_nearest(label, matrix, 255))
+def _source_coords(matrix, h, w):
+  inv = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))
+  ys, xs = np.mgrid[:h, :w]
+  return (inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2],
+          inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2])
 
 
-def _is_tie(coord):
-  return np.abs(coord + 0.5 - np.round(coord + 0.5)) < 1e-9
+def _near_tie(coord):
+  """Within NEAR_TIE pixels of a .5 rounding boundary (float32 coordinates land either side)."""
+  return np.abs(coord + 0.5 - np.round(coord + 0.5)) < NEAR_TIE
 
 
-def test_rotation_at_multiples_of_45_degrees_differs_only_on_ties():
-  rng = np.random.default_rng(3)
+@pytest.mark.parametrize('angles', ['random', 'multiples_of_45'])
+def test_rotation_matches_numpy(angles):
+  rng = np.random.default_rng(2 if angles == 'random' else 3)
   differing = total = 0
-  for h, w in sizes(rng, 25):
+  worst = 0.0
+  for h, w in sizes(rng, 100 if angles == 'random' else 25):
     image, label = random_pair(rng, h, w)
-    for angle in (0, 45, -45, 90, -90, 135, 180, -180):
+    chosen = ([rng.uniform(-180, 180)] if angles == 'random'
+              else [0, 45, -45, 90, -90, 135, 180, -180])
+    for angle in chosen:
       matrix = aug.rotation_matrix(w / 2, h / 2, angle)
-      assert_image_close(ta.warp_affine_bilinear(image, matrix, MEAN),
-                         aug.warp_affine_bilinear(image, matrix, MEAN))
+      np.testing.assert_array_equal(ta.rotation_matrix(w / 2, h / 2, angle), matrix)
+      ours = ta.warp_affine_bilinear(image, matrix, MEAN).numpy()
+      theirs = aug.warp_affine_bilinear(image, matrix, MEAN)
+      assert ours.shape == theirs.shape and ours.dtype == np.float32
+      worst = max(worst, float(np.abs(ours - theirs).max(initial=0)))
       ours = ta.warp_affine_nearest(label, matrix, 255).numpy()
       theirs = aug.warp_affine_nearest(label, matrix, 255)
-      inv = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))
-      ys, xs = np.mgrid[:h, :w]
-      src_x = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
-      src_y = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
+      assert ours.dtype == theirs.dtype
+      src_x, src_y = _source_coords(matrix, h, w)
       diff = ours != theirs
-      assert (_is_tie(src_x) | _is_tie(src_y))[diff].all()
+      assert (_near_tie(src_x) | _near_tie(src_y))[diff].all()
       differing += diff.sum()
       total += diff.size
-  assert differing <= TIE_FRACTION * total
+  print(f'rotation ({angles}): worst image difference {worst:.2e}, '
+        f'{differing} of {total} label pixels differ')
+  assert worst <= WARP_TOL
+  # Exact ties (multiples of 45 degrees, probability 0 under RandRotate) round half away from
+  # zero here and up in augment.py: whole columns of them differ.
+  assert differing <= (TIE_FRACTION if angles == 'random' else EXACT_TIE_FRACTION) * total
 
 
 def test_blur_flip_pad_crop_normalise_match_numpy():
@@ -174,7 +183,7 @@ def test_apply_train_matches_train_transform():
     theirs = aug.train_transform(image, label, np.random.default_rng(seed), **kwargs)
     params = _numpy_draws(np.random.default_rng(seed), h, w, **kwargs)
     ours = ta.apply_train(image, label, params, crop_size=crop_size)
-    assert_image_close(ours[0], theirs[0], IMAGE_TOL / conventions.IMAGENET_STD.min())
+    assert_image_close(ours[0], theirs[0], WARP_TOL / conventions.IMAGENET_STD.min())
     assert_label_equal(ours[1], theirs[1])
 
 
