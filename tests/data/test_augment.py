@@ -1,5 +1,7 @@
 """PFENet augmentations and the eval pad-resize, on hand-made images."""
 
+import types
+
 import numpy as np
 import pytest
 
@@ -60,9 +62,22 @@ def test_gaussian_blur_is_opencv_binomial_kernel():
   np.testing.assert_allclose(aug.gaussian_blur5(const), const, atol=1e-4)
 
 
+def _ops(kind):
+  """augment.py's ops, or tf_augment's returning numpy arrays."""
+  if kind == 'numpy':
+    return aug
+  from mmnet_jax.data import tf_augment  # pylint: disable=g-import-not-at-top
+  names = ('resize_bilinear', 'resize_nearest', 'warp_affine_bilinear', 'warp_affine_nearest',
+           'gaussian_blur5')
+  return types.SimpleNamespace(**{
+      n: (lambda f: lambda *a: np.asarray(f(*a)))(getattr(tf_augment, n)) for n in names})
+
+
 @pytest.mark.opencv
-def test_matches_opencv():
+@pytest.mark.parametrize('kind', ['numpy', 'tf'])
+def test_matches_opencv(kind):
   import cv2
+  aug = _ops(kind)  # pylint: disable=redefined-outer-name
   rng = np.random.default_rng(0)
   img = rng.integers(0, 256, (75, 100, 3)).astype(np.float32)
   lbl = rng.integers(0, 3, (75, 100)).astype(np.uint8)
