@@ -2,17 +2,21 @@
 
 Builds a synthetic split with real-size images (375-500 px sides, PNG-encoded in TFDS
 array_record, as the benchmark builder writes them) in a temporary data dir, then times the real
-tf.data pipelines of `data/pipeline.py` on this machine:
+tf.data pipelines of `data/pipeline.py` (config.dataset.pipeline `numpy`, `graph`, or both):
 * train, full PFENet augmentation (RandScale, RandRotate, blur, flip, crop to --size), 1-shot and
   5-shot, batches of --batch-size;
-* eval, PFENet pad-resize to --size, 1-shot;
-and the jitted train step (forward, backward, SGD update) of --model at --size, batch
---batch-size, 1-shot, on random batches: its episodes/s is what the input must supply.
+* eval, PFENet pad-resize to --size, 1-shot.
+Each pipeline is measured in child processes pinned to 1 and to 2 cores before TensorFlow is
+imported (its thread pools size themselves to the affinity): episodes/s, process CPU ms per
+episode, and, in the 1-core child, GIL-held ms per episode from py-spy's GIL samples over the
+timed window. From these, one input process's episodes/s on a 96-core host (per-core rate x 96 x
+the 2-core efficiency, capped at 1000 / GIL ms), printed beside what one accelerator consumes.
+With --model, also the jitted train step (forward, backward, SGD update) of --model at --size,
+batch --batch-size, 1-shot, on random batches, in this process.
 
 The first batch of each stream (tf.data start-up, thread pools) and the first --warmup train
 steps (compilation) are not timed. Prints a table and, with --output, writes JSON.
 """
-
 from __future__ import annotations
 
 import argparse
