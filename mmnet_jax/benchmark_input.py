@@ -65,6 +65,9 @@ def parse_args(argv=None):
   p.add_argument('--profiler', default='py-spy', choices=['py-spy', 'none'],
                  help="GIL sampler ('none': no GIL column)")
   p.add_argument('--rate', type=int, default=200, help='py-spy samples per second')
+  p.add_argument('--drain', type=int, default=2,
+                 help='untimed batches after the pause, before the timed window (they empty '
+                      'the prefetch buffer filled while the child waited)')
   p.add_argument('--settle', type=float, default=1.0,
                  help='seconds between a stream\'s first batch and its timed window, in every '
                       'run alike (the sampler attaches meanwhile; equal prefetch head start)')
@@ -160,7 +163,8 @@ def stream_makers(config, args) -> dict:
   def evaluate():
     val = dataset_registry.open_split(config.dataset, 'val')
     pool = usable_pool(val, test_classes, config, 1)
-    episode_list = episodes_lib.eval_episodes(pool, 1, (args.batches + 1) * args.batch_size, 0)
+    num = (1 + args.drain + args.batches) * args.batch_size   # first, drained, timed
+    episode_list = episodes_lib.eval_episodes(pool, 1, num, 0)
     return pipeline.eval_dataset(val, episode_list, config, host_batch_size=args.batch_size)
 
   return {'train_1shot': lambda: train(1), 'train_5shot': lambda: train(5),
@@ -174,8 +178,8 @@ def send(kind: str, value=None) -> None:
 def child_main(args) -> None:
   """A measurement process: pinned to --child-cpus before TensorFlow is imported (its thread
   pools size themselves to the affinity), then per stream: an untimed first batch (start-up),
-  'ready', wait for 'go' on stdin (the parent's sampler is attached by then), the timed
-  window, 'done'."""
+  'ready', wait for 'go' on stdin (the parent's sampler is attached by then), --drain untimed
+  batches (the prefetch head start of the wait), the timed window, 'done'."""
   os.sched_setaffinity(0, {int(c) for c in args.child_cpus.split(',')})
   config = make_config(args, args.data_dir)
   field = set_pipeline(config, args.pipeline)
@@ -186,7 +190,10 @@ def child_main(args) -> None:
     next(stream)
     send('ready', name)
     sys.stdin.readline()
+    for _ in range(args.drain):
+      next(stream)
     result = time_window(stream, args.batches, args.batch_size)
+    result['drained_episodes'] = args.drain * args.batch_size
     result['affinity'] = sorted(os.sched_getaffinity(0))   # with TF's threads running
     stream.close()
     send('done', result)
@@ -206,7 +213,7 @@ def read_message(proc, kind: str):
 def child_argv(args, cpus, pipeline: str, data_dir: str) -> list:
   flags = {'--child-cpus': ','.join(map(str, cpus)), '--pipeline': pipeline,
            '--data-dir': data_dir, '--size': args.size, '--batch-size': args.batch_size,
-           '--batches': args.batches, '--min-image': args.min_image,
+           '--batches': args.batches, '--drain': args.drain, '--min-image': args.min_image,
            '--max-image': args.max_image, '--num-images': args.num_images,
            '--min-class-pixels': args.min_class_pixels, '--model': args.model}
   return [sys.executable, '-m', 'mmnet_jax.benchmark_input'] + [
@@ -285,7 +292,9 @@ def measure_child(args, cpus, pipeline: str, data_dir: str, sampler, tmp: str) -
       proc.stdin.flush()
       result = read_message(proc, 'done')
       if spy:
-        gil = gil_figures(stop_sampler(spy, raw_path), args.rate, result['episodes'])
+        # The sampler saw the drained batches' work too: per episode over both.
+        episodes = result['episodes'] + result['drained_episodes']
+        gil = gil_figures(stop_sampler(spy, raw_path), args.rate, episodes)
       streams[name] = {**result, **gil}
     proc.wait(timeout=120)
   finally:
