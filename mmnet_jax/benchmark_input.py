@@ -291,6 +291,8 @@ def measure_child(args, cpus, pipeline: str, data_dir: str, sampler, tmp: str) -
       proc.stdin.write('go\n')
       proc.stdin.flush()
       result = read_message(proc, 'done')
+      if result['affinity'] != sorted(cpus):
+        raise RuntimeError(f'the child ran on cpus {result["affinity"]}, not {sorted(cpus)}')
       if spy:
         # The sampler saw the drained batches' work too: per episode over both.
         episodes = result['episodes'] + result['drained_episodes']
