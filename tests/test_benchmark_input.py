@@ -111,3 +111,10 @@ def test_real_size_both_pipelines_with_train_step(tmp_path):
                                   '--output', str(tmp_path / 'b.json')])
   check(results, 473, ['numpy', 'graph'])
   assert results['train_step']['episodes_per_s'] > 0
+
+
+def test_gil_column_says_why_it_is_empty(monkeypatch):
+  assert benchmark_input.gil_state(benchmark_input.parse_args(['--profiler', 'none'])) == (
+      'not measured (--profiler none)')
+  monkeypatch.setattr(benchmark_input, 'py_spy_path', lambda: None)
+  assert benchmark_input.gil_state(benchmark_input.parse_args([])) == 'py-spy not installed'
