@@ -484,8 +484,9 @@ def input_pipeline(size: int, batch: int, batches: int) -> dict:
   from mmnet_jax import benchmark_input
   results = benchmark_input.run(benchmark_input.parse_args(
       ['--size', str(size), '--batch-size', str(batch), '--batches', str(batches),
-       '--model', 'none']))
-  return {k: v['episodes_per_s'] for k, v in results['input'].items()}
+       '--model', 'none', '--pipeline', 'numpy', '--profiler', 'none']))
+  streams = results['pipelines']['numpy']['streams']
+  return {k: v.get('episodes_per_s_2core', v['episodes_per_s_1core']) for k, v in streams.items()}
 
 
 def device_info() -> dict:
