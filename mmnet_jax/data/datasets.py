@@ -56,6 +56,9 @@ class FewShotSplit:
   # index -> (image file bytes, label PNG bytes) as stored, for decoding in the tf.data graph
   # (graph_pipeline.py); None: not stored encoded (in-memory splits)
   load_encoded: Callable[[int], tuple[bytes, bytes]] | None = None
+  # index -> the stored record (a serialized tf.train.Example with 'image' and 'label' bytes),
+  # parsed by TensorFlow ops (no Python per image); None: not stored as such records
+  load_record: Callable[[int], bytes] | None = None
 
   def __len__(self):
     return len(self.image_ids)
@@ -142,6 +145,19 @@ class TfdsEncodedLoader:
     return bytes(example['image']), bytes(example['label'])
 
 
+class TfdsRecordLoader:
+  """index (in list order) -> the serialized tf.train.Example as stored; picklable."""
+
+  def __init__(self, source, order):
+    self._records = source.data_source   # the array_record reader under TFDS's decoding
+    self._order = order
+
+  def __call__(self, index):
+    if not 0 <= index < len(self._order):
+      raise IndexError(f'image index {index} out of range [0, {len(self._order)})')
+    return self._records[self._order[index]]
+
+
 def split_from_tfds(builder, name, split, sort_by='list_index'):
   """A built TFDS few-shot builder's `split` as a `FewShotSplit`, rows ordered by `sort_by`
   ('list_index': the source list's order (pascal.py, coco.py); 'image_id': synthetic).
@@ -170,7 +186,8 @@ def split_from_tfds(builder, name, split, sort_by='list_index'):
       name=name, split=split, num_classes=NUM_CLASSES[name],
       image_ids=tuple(r[1] for r in rows), class_areas=tuple(r[3] for r in rows),
       load=TfdsLoader(builder.as_data_source(split=split), tuple(r[2] for r in rows)),
-      load_encoded=TfdsEncodedLoader(meta, tuple(r[2] for r in rows)))
+      load_encoded=TfdsEncodedLoader(meta, tuple(r[2] for r in rows)),
+      load_record=TfdsRecordLoader(meta, tuple(r[2] for r in rows)))
 
 
 class CorruptedRecordError(ValueError):

@@ -2,12 +2,13 @@
 (config.dataset.pipeline = 'graph'; pipeline.py dispatches here).
 
 Per step (or eval batch) one small Python call (`tf.numpy_function`) picks the episodes, exactly
-as pipeline.py does (`episodes.train_episode`, the eval list), and reads the encoded image and
-label bytes of their images (`FewShotSplit.load_encoded`); everything per image after that
-(PNG/JPEG decode, the mask checks of pipeline.load_sample, binarising, tf_augment's
-transforms) is TensorFlow ops run by a parallel `map` in TensorFlow's C++ thread pool, which
-does not hold the GIL. Splits without stored records (in-memory test splits) are PNG-encoded
-in that call.
+as pipeline.py does (`episodes.train_episode`, the eval list), and reads the stored records of
+their images (`FewShotSplit.load_record`: the serialized tf.train.Example bytes, no Python
+parsing); everything per image after that (record parsing, PNG/JPEG decode, the mask checks of
+pipeline.load_sample, binarising, tf_augment's transforms) is TensorFlow ops run by a parallel
+`map` in TensorFlow's C++ thread pool, which does not hold the GIL. Splits without records
+(in-memory test splits) pass encoded (image, label) bytes instead (`load_encoded`), or are
+PNG-encoded in that call.
 
 Randomness: the augmentation of image slot j (query 1, support k 2 + k, as pipeline.py) of the
 episode with rng words w (pipeline._episode) is drawn by stateless ops from the seed
@@ -63,6 +64,24 @@ def encoded_sample(split, index: int) -> tuple[bytes, bytes]:
   return _png(image), _png(label)
 
 
+def sample_inputs(split, index: int) -> tuple[bytes, bytes]:
+  """The two strings the per-image graph takes for split image `index`: (stored record, b'')
+  when the split has records (parsed in the graph: the cheapest Python), else the encoded
+  (image, label) bytes."""
+  loader = getattr(split, 'load_record', None)
+  if loader is None:
+    return encoded_sample(split, index)
+  try:
+    return loader(index), b''
+  except Exception as e:  # a damaged record: counted and redrawn like a bad image
+    where = f'image {split.image_ids[index]!r} (index {index}) of {split.name}/{split.split}'
+    raise pipeline.BadSampleError(f'{where} could not be read: {type(e).__name__}: {e}') from e
+
+
+def has_records(split) -> bool:
+  return getattr(split, 'load_record', None) is not None
+
+
 def slot_seed(words: Sequence[int], slot: int) -> np.ndarray:
   """The stateless seed (2,) int64 of image slot `slot` of the episode with rng words `words`."""
   state = np.random.SeedSequence([int(w) for w in words] + [int(slot)]).generate_state(2)
@@ -79,10 +98,21 @@ def _decode_image(data):
                  lambda: tf.io.decode_image(data, channels=0, expand_animations=False))
 
 
-def decode_checked(image_bytes, label_bytes, num_classes: int):
-  """Decoded (image (h, w, C) uint8, label (h, w) uint8) with pipeline.load_sample's checks
-  as assertions (a failing one raises InvalidArgumentError inside tf.data)."""
+def _parse_record(record):
   tf = pipeline.tf_module()
+  features = tf.io.parse_single_example(record, {
+      'image': tf.io.FixedLenFeature([], tf.string),
+      'label': tf.io.FixedLenFeature([], tf.string)})
+  return features['image'], features['label']
+
+
+def decode_checked(image_bytes, label_bytes, num_classes: int, records: bool = False):
+  """Decoded (image (h, w, C) uint8, label (h, w) uint8) with pipeline.load_sample's checks
+  as assertions (a failing one raises InvalidArgumentError inside tf.data). With `records`,
+  `image_bytes` is a stored record (`sample_inputs`) and `label_bytes` is ignored."""
+  tf = pipeline.tf_module()
+  if records:
+    image_bytes, label_bytes = _parse_record(image_bytes)
   image = _decode_image(image_bytes)
   label = tf.io.decode_image(label_bytes, channels=1, expand_animations=False)[:, :, 0]
   label = tf.cast(label, tf.uint8)
@@ -122,13 +152,13 @@ def _train_transform(train_config):
   return lambda image, label, seed: tf_augment.train_transform(image, label, seed, **kwargs)
 
 
-def train_image_fn(config, num_classes: int):
-  """(image bytes, label bytes, class id, seed) -> augmented (image, label int32)."""
+def train_image_fn(config, num_classes: int, records: bool = False):
+  """(the two strings of `sample_inputs`, class id, seed) -> augmented (image, label int32)."""
   tf = pipeline.tf_module()
   transform = _train_transform(config.train)
 
   def fn(image_bytes, label_bytes, class_id, seed):
-    image, label = decode_checked(image_bytes, label_bytes, num_classes)
+    image, label = decode_checked(image_bytes, label_bytes, num_classes, records)
     image, label = transform(image, binarise(label, class_id), seed)
     return image, tf.cast(label, tf.int32)
   return fn
@@ -139,7 +169,7 @@ def train_image_fn(config, num_classes: int):
 def _row_inputs(pool, ep, words):
   """The encoded images, indices and seeds of one episode's slots (query, supports)."""
   indices = [ep.query_index] + list(ep.support_indices)
-  encoded = [encoded_sample(pool.split, i) for i in indices]
+  encoded = [sample_inputs(pool.split, i) for i in indices]
   seeds = [slot_seed(words, 1 + j) for j in range(len(indices))]
   return indices, encoded, seeds
 
@@ -185,7 +215,7 @@ class GraphTrainStream:
     self.skips = pipeline.SkipCounter()
     self._pool, self._config, self._rows = pool, config, list(rows)
     self._end = int(end)
-    self._image_fn = train_image_fn(config, pool.split.num_classes)
+    self._image_fn = train_image_fn(config, pool.split.num_classes, has_records(pool.split))
     self._single = None   # the per-image function compiled once, for the fallback
     self._open(int(first))
 
@@ -313,7 +343,7 @@ def eval_batch_inputs(split, episode_list, positions: Sequence[int]):
     if len(ep.support_indices) != k:
       raise ValueError(f'episode {pos} has {len(ep.support_indices)} supports, episode 0 has {k}')
     for i in [ep.query_index] + list(ep.support_indices):
-      im, lb = encoded_sample(split, i)
+      im, lb = sample_inputs(split, i)
       images.append(im)
       labels.append(lb)
       index.append(i)
@@ -323,9 +353,10 @@ def eval_batch_inputs(split, episode_list, positions: Sequence[int]):
           np.array(index, np.int32), np.array(classes, np.int32), np.array(valid, bool))
 
 
-def eval_image_fn(config, num_classes: int):
-  """(image bytes, label bytes, class id) -> (image, label int32, original label padded to
-  eval.max_label_size, its side, scored-by-crop flag): augment.eval_resize in graph ops."""
+def eval_image_fn(config, num_classes: int, records: bool = False):
+  """(the two strings of `sample_inputs`, class id) -> (image, label int32, original label
+  padded to eval.max_label_size, its side, scored-by-crop flag): augment.eval_resize in graph
+  ops."""
   from mmnet_jax.data import tf_augment  # pylint: disable=g-import-not-at-top
   tf = pipeline.tf_module()
   size, s_max = int(config.eval.size), int(config.eval.max_label_size)
@@ -334,7 +365,7 @@ def eval_image_fn(config, num_classes: int):
   augment._check_mode(mode)  # pylint: disable=protected-access
 
   def fn(image_bytes, label_bytes, class_id):
-    image, label = decode_checked(image_bytes, label_bytes, num_classes)
+    image, label = decode_checked(image_bytes, label_bytes, num_classes, records)
     label = binarise(label, class_id)
     img, lbl, original = tf_augment.eval_resize(image, label, size, fill, mode)
     side = tf.shape(original)[0]
@@ -358,7 +389,7 @@ class GraphEvalStream:
     self._split, self._list, self._config, self._rows = split, episode_list, config, list(rows)
     self._global = int(config.eval.batch_size)
     self._end = -(-len(episode_list) // self._global)
-    self._image_fn = eval_image_fn(config, split.num_classes)
+    self._image_fn = eval_image_fn(config, split.num_classes, has_records(split))
     self._open(0)
 
   def _positions(self, n: int) -> list[int]:

@@ -25,24 +25,35 @@ def encode(array, fmt):
   return buffer.getvalue()
 
 
-def stored_split(n=24, seed=0, corrupt=()):
+def example(image: bytes, label: bytes) -> bytes:
+  """A record as TFDS stores it: a serialized tf.train.Example with the encoded files."""
+  feature = lambda v: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+  return tf.train.Example(features=tf.train.Features(feature={
+      'image': feature(image), 'label': feature(label),
+      'image_id': feature(b'x')})).SerializeToString()
+
+
+def stored_split(n=24, seed=0, corrupt=(), records=True):
   """toy_split's images stored as the TFDS builders store them: JPEG images (some grayscale)
-  and PNG labels, decoded by PIL for the numpy pipeline; images in `corrupt` are truncated."""
+  and PNG labels in tf.train.Example records (`records`; else only the encoded files),
+  decoded by PIL for the numpy pipeline; images in `corrupt` are truncated."""
   toy = toy_split(n, seed)
-  records = []
+  files = []
   for i in range(n):
     image, label = toy.load(i)
     data = encode(image, 'JPEG')
-    records.append((data[:len(data) // 2] if i in corrupt else data, encode(label, 'PNG')))
+    files.append((data[:len(data) // 2] if i in corrupt else data, encode(label, 'PNG')))
 
   def load(i):
-    image = np.asarray(Image.open(io.BytesIO(records[i][0])))
+    image = np.asarray(Image.open(io.BytesIO(files[i][0])))
     if image.ndim == 2:
       image = np.repeat(image[:, :, None], 3, axis=2)
-    return image, np.asarray(Image.open(io.BytesIO(records[i][1])))
+    return image, np.asarray(Image.open(io.BytesIO(files[i][1])))
+  stored = [example(*r) for r in files] if records else None
   return datasets.FewShotSplit(name=toy.name, split=toy.split, num_classes=toy.num_classes,
                                image_ids=toy.image_ids, class_areas=toy.class_areas, load=load,
-                               load_encoded=lambda i: records[i])
+                               load_encoded=lambda i: files[i],
+                               load_record=stored.__getitem__ if records else None)
 
 
 def graph_config(shots=2):
@@ -88,11 +99,21 @@ def test_same_episodes_as_numpy_and_augmentation_of_tf_augment(setup):
 def test_jpeg_decode_equals_pil(setup):
   split, _, _ = setup
   for i in range(len(split)):
-    raw, _ = split.load_encoded(i)
+    raw, raw_label = split.load_encoded(i)
     image, label = split.load(i)
-    decoded = gp.decode_checked(tf.constant(raw), tf.constant(split.load_encoded(i)[1]), 6)
-    np.testing.assert_array_equal(decoded[0].numpy(), image)
-    np.testing.assert_array_equal(decoded[1].numpy(), label)
+    for decoded in (gp.decode_checked(tf.constant(raw), tf.constant(raw_label), 6),
+                    gp.decode_checked(tf.constant(split.load_record(i)), tf.constant(b''), 6,
+                                      records=True)):
+      np.testing.assert_array_equal(decoded[0].numpy(), image)
+      np.testing.assert_array_equal(decoded[1].numpy(), label)
+
+
+def test_encoded_files_without_records_give_the_same_batches(setup):
+  _, config, pool = setup
+  files_only = stored_split(records=False)
+  other = pipeline.train_pool(files_only, [1, 2, 3, 4], config)
+  assert_same(next(pipeline.train_dataset(other, config, 2, 4)),
+              next(pipeline.train_dataset(pool, config, 2, 4)))
 
 
 def test_deterministic_resume_and_process_rows(setup):
@@ -154,7 +175,7 @@ def test_bad_sample_redrawn_as_numpy_and_other_rows_unchanged():
   used = {int(i) for b in steps for i in np.concatenate([b['query_index'],
                                                          b['support_index'].ravel()])}
   bad = sorted(used)[len(used) // 2]
-  broken = stored_split(corrupt={bad})
+  broken = stored_split(corrupt={bad})   # a record whose JPEG is truncated
   bad_pool = pipeline.train_pool(broken, [1, 2, 3, 4], config)
   stream = pipeline.train_dataset(bad_pool, config, 0, 4, num_steps=6)
   got = list(stream)
