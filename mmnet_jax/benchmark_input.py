@@ -2,7 +2,7 @@
 
 Builds a synthetic split with real-size images (375-500 px sides, PNG-encoded in TFDS
 array_record, as the benchmark builder writes them) in a temporary data dir, then times the real
-tf.data pipelines of `data/pipeline.py` (config.dataset.pipeline `numpy`, `graph`, or both):
+tf.data pipelines of `data/streams.py` (config.dataset.pipeline `numpy`, `graph`, or both):
 * train, full PFENet augmentation (RandScale, RandRotate, blur, flip, crop to --size), 1-shot and
   5-shot, batches of --batch-size;
 * eval, PFENet pad-resize to --size, 1-shot.
@@ -150,7 +150,7 @@ def stream_makers(config, args) -> dict:
   from mmnet_jax.data import dataset_registry
   from mmnet_jax.data import datasets
   from mmnet_jax.data import episodes as episodes_lib
-  from mmnet_jax.data import pipeline
+  from mmnet_jax.data import streams
   train_classes, test_classes = datasets.fold_classes('synthetic', config.dataset.fold)
 
   def train(shots):
@@ -158,14 +158,14 @@ def stream_makers(config, args) -> dict:
     c.shots = shots
     split = dataset_registry.open_split(c.dataset, 'train')
     pool = usable_pool(split, train_classes, c, shots)
-    return pipeline.train_dataset(pool, c, host_batch_size=args.batch_size)
+    return streams.train_dataset(pool, c, host_batch_size=args.batch_size)
 
   def evaluate():
     val = dataset_registry.open_split(config.dataset, 'val')
     pool = usable_pool(val, test_classes, config, 1)
     num = (1 + args.drain + args.batches) * args.batch_size   # first, drained, timed
     episode_list = episodes_lib.eval_episodes(pool, 1, num, 0)
-    return pipeline.eval_dataset(val, episode_list, config, host_batch_size=args.batch_size)
+    return streams.eval_dataset(val, episode_list, config, host_batch_size=args.batch_size)
 
   return {'train_1shot': lambda: train(1), 'train_5shot': lambda: train(5),
           'eval_1shot': evaluate}

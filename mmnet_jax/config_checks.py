@@ -103,7 +103,7 @@ def problems(config, reference=None, num_devices: int | None = None) -> list[str
   from mmnet_jax.data import augment
   from mmnet_jax.data import datasets
   from mmnet_jax.data import episodes
-  from mmnet_jax.data import pipeline
+  from mmnet_jax.data import streams
   from mmnet_jax.models import registry
 
   c = Checker(config)
@@ -132,7 +132,7 @@ def problems(config, reference=None, num_devices: int | None = None) -> list[str
   else:
     c.int_at_least('dataset.fold', 0)
   c.one_of('dataset.coco_convention', datasets.COCO_CONVENTIONS)
-  c.one_of('dataset.pipeline', pipeline.PIPELINES)
+  c.one_of('dataset.pipeline', streams.PIPELINES)
   c.int_at_least('dataset.min_class_pixels', 0)
 
   spec.check(c, config)   # the model's own fields and loss weights (models/<name>_spec.py)

@@ -33,6 +33,7 @@ from mmnet_jax.data import dataset_registry
 from mmnet_jax.data import datasets
 from mmnet_jax.data import episodes as episodes_lib
 from mmnet_jax.data import pipeline
+from mmnet_jax.data import streams
 from mmnet_jax.data import stretch_batches
 from mmnet_jax.models import registry
 
@@ -195,7 +196,7 @@ class Evaluator:
 
   def _stream(self, episode_list):
     if self.protocol.scoring == 'original':
-      return pipeline.eval_dataset(self.split, episode_list, self.config,
+      return streams.eval_dataset(self.split, episode_list, self.config,
                                    host_batch_size=self._host_batch,
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count())

@@ -38,6 +38,7 @@ from mmnet_jax import workdir_io
 from mmnet_jax.data import dataset_registry
 from mmnet_jax.data import datasets
 from mmnet_jax.data import pipeline
+from mmnet_jax.data import streams
 from mmnet_jax.models import registry
 
 
@@ -114,7 +115,7 @@ def training_recipe(config: ml_collections.ConfigDict) -> dict:
   resume that changes them warns."""
   fields = RECIPE_FIELDS + tuple(registry.of(config).train_defaults)
   return {'seed': config.seed, 'shots': config.shots,
-          'pipeline': pipeline.pipeline_kind(config),
+          'pipeline': streams.pipeline_kind(config),
           **{k: config.train[k] for k in dict.fromkeys(fields) if k in config.train}}
 
 
@@ -276,7 +277,7 @@ def _train_locked(config, workdir, mesh, stop: StopSignals) -> dict:
   first_bad = sharding.replicate(no_bad_step(), mesh)
   evaluator = evaluate.Evaluator(config, model, mesh, test_classes) if eval_episodes else None
   start = int(state['step'])
-  data = pipeline.train_dataset(pool, config, start_step=start,
+  data = streams.train_dataset(pool, config, start_step=start,
                                 host_batch_size=sharding.host_batch_size(
                                     config.train.batch_size, mesh),
                                 process_index=jax.process_index(),

@@ -20,6 +20,7 @@ from mmnet_jax import train_state
 from mmnet_jax import workdir_io
 from mmnet_jax.data import episodes as ep
 from mmnet_jax.data import pipeline
+from mmnet_jax.data import streams
 from mmnet_jax.models import losses
 from mmnet_jax.models import mmnet
 from tests.data.test_episodes import make_split
@@ -268,7 +269,7 @@ def test_non_finite_step_stops_training_and_keeps_the_last_good_checkpoint(
   reference = reference_params()
   config = shared_config()
   workdir = str(tmp_path / 'run')
-  real = pipeline.train_dataset
+  real = streams.train_dataset
 
   class Poisoned:
     """The real stream, with a NaN image in the batch of step 4 (the 5th, 1-based 5)."""
@@ -290,11 +291,11 @@ def test_non_finite_step_stops_training_and_keeps_the_last_good_checkpoint(
   def poisoned(pool, cfg, start_step=0, **kwargs):
     return Poisoned(real(pool, cfg, start_step=start_step, **kwargs), start_step)
 
-  monkeypatch.setattr(pipeline, 'train_dataset', poisoned)
+  monkeypatch.setattr(streams, 'train_dataset', poisoned)
   with pytest.raises(FloatingPointError, match=r'non-finite loss or gradient at step 5 .*'
                      r'last good checkpoint \(step 4\)'):
     train.train(config, workdir)
-  monkeypatch.setattr(pipeline, 'train_dataset', real)
+  monkeypatch.setattr(streams, 'train_dataset', real)
   state, meta = load_state(config, workdir)
   assert meta['step'] == 4 and int(state['step']) == 4
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state))

@@ -19,6 +19,7 @@ from mmnet_jax.data import dataset_registry
 from mmnet_jax.data import datasets
 from mmnet_jax.data import episodes
 from mmnet_jax.data import pipeline
+from mmnet_jax.data import streams
 from mmnet_jax.models import mmnet
 from tests.test_determinism import compile_cache, load_state, shared_config  # noqa: F401
 
@@ -43,7 +44,7 @@ def test_loss_falls_on_a_fixed_batch(config):
   model = mmnet.build_model(config.model)
   train_classes, _ = datasets.fold_classes('synthetic', config.dataset.fold)
   pool = pipeline.train_pool(dataset_registry.open_split(config.dataset, 'train'), train_classes, config)
-  batch = next(pipeline.train_dataset(pool, config, host_batch_size=config.train.batch_size))
+  batch = next(streams.train_dataset(pool, config, host_batch_size=config.train.batch_size))
   batch = {k: jnp.asarray(v) for k, v in batch.items()}
   state, tx = train_state.create_state(model, config, total_steps=100)
   step = jax.jit(train.make_train_step(model, tx, config))

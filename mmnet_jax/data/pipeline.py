@@ -97,18 +97,6 @@ def train_pool(split, classes: Sequence[int], config) -> episodes_lib.Pool:
                                  filter_intersection=config.dataset.filter_intersection)
 
 
-PIPELINES = ('graph', 'numpy')
-
-
-def pipeline_kind(config) -> str:
-  """config.dataset.pipeline: 'graph' (graph_pipeline.py: decode and augment as TensorFlow
-  ops) or 'numpy' (this module's numpy/PIL builders in tf.numpy_function); absent: 'numpy'."""
-  kind = getattr(config.dataset, 'pipeline', None) or 'numpy'
-  if kind not in PIPELINES:
-    raise ValueError(f'config.dataset.pipeline={kind!r}; expected one of {list(PIPELINES)}')
-  return kind
-
-
 def _row_range(global_batch: int, host_batch_size: int | None, process_index: int,
                process_count: int, field: str) -> range:
   if host_batch_size is None:
@@ -363,6 +351,24 @@ def numpy_stream(num_batches: int, make_batch, example: dict, first: int = 0,
   return BatchStream(ds.prefetch(tf.data.AUTOTUNE), skips)
 
 
+def train_rows(pool, config, host_batch_size, process_index, process_count, num_steps):
+  """(this process's global rows, the stream's end step) of a training stream, checked."""
+  rows = _row_range(int(config.train.batch_size), host_batch_size, process_index,
+                    process_count, 'train.batch_size')
+  episodes_lib.check_pool(pool, int(config.shots))
+  if num_steps is None:
+    num_steps = int(getattr(config.train, 'num_steps', 0) or 0) or _UNBOUNDED_STEPS
+  return rows, num_steps
+
+
+def eval_rows(episode_list, config, host_batch_size, process_index, process_count) -> range:
+  """This process's rows of every global eval batch, checked."""
+  if not episode_list:
+    raise ValueError('eval_dataset: the episode list is empty')
+  return _row_range(int(config.eval.batch_size), host_batch_size, process_index, process_count,
+                    'eval.batch_size')
+
+
 def train_dataset(pool: episodes_lib.Pool, config, start_step: int = 0,
                   host_batch_size: int | None = None, process_index: int = 0,
                   process_count: int = 1, num_steps: int | None = None) -> BatchStream:
@@ -376,14 +382,8 @@ def train_dataset(pool: episodes_lib.Pool, config, start_step: int = 0,
     process_index, process_count: this process and the number of processes.
     num_steps: end of the stream (exclusive); default config.train.num_steps, 0 = endless.
   """
-  rows = _row_range(int(config.train.batch_size), host_batch_size, process_index,
-                    process_count, 'train.batch_size')
-  episodes_lib.check_pool(pool, int(config.shots))
-  if num_steps is None:
-    num_steps = int(getattr(config.train, 'num_steps', 0) or 0) or _UNBOUNDED_STEPS
-  if pipeline_kind(config) == 'graph':
-    from mmnet_jax.data import graph_pipeline  # pylint: disable=g-import-not-at-top
-    return graph_pipeline.train_dataset(pool, config, rows, start_step, num_steps)
+  rows, num_steps = train_rows(pool, config, host_batch_size, process_index, process_count,
+                               num_steps)
   skips = SkipCounter()
   example = train_batch(pool, config, start_step, rows[:1])
   example = {k: np.empty((len(rows),) + v.shape[1:], v.dtype) for k, v in example.items()}
@@ -401,14 +401,8 @@ def eval_dataset(split, episode_list: Sequence[episodes_lib.Episode], config,
   copies of the last episode marked valid=False.
   """
   global_batch = int(config.eval.batch_size)
-  rows = _row_range(global_batch, host_batch_size, process_index, process_count,
-                    'eval.batch_size')
+  rows = eval_rows(episode_list, config, host_batch_size, process_index, process_count)
   num_batches = math.ceil(len(episode_list) / global_batch)
-  if not episode_list:
-    raise ValueError('eval_dataset: the episode list is empty')
-  if pipeline_kind(config) == 'graph':
-    from mmnet_jax.data import graph_pipeline  # pylint: disable=g-import-not-at-top
-    return graph_pipeline.eval_dataset(split, episode_list, config, rows)
 
   def make(n):
     return eval_batch(split, episode_list, config, [n * global_batch + r for r in rows])

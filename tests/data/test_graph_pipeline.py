@@ -13,6 +13,7 @@ from mmnet_jax.data import datasets
 from mmnet_jax.data import episodes as ep
 from mmnet_jax.data import graph_pipeline as gp
 from mmnet_jax.data import pipeline
+from mmnet_jax.data import streams
 from mmnet_jax.data import tf_augment
 from tests.data.test_pipeline import assert_same
 from tests.data.test_pipeline import toy_config
@@ -71,7 +72,7 @@ def setup():
 
 def test_same_episodes_as_numpy_and_augmentation_of_tf_augment(setup):
   split, config, pool = setup
-  batch = next(pipeline.train_dataset(pool, config, start_step=3, host_batch_size=4))
+  batch = next(streams.train_dataset(pool, config, start_step=3, host_batch_size=4))
   numpy_config = toy_config()
   reference = pipeline.train_batch(pool, numpy_config, 3, range(4))
   for key in ('class_id', 'query_index', 'support_index'):
@@ -112,20 +113,20 @@ def test_encoded_files_without_records_give_the_same_batches(setup):
   _, config, pool = setup
   files_only = stored_split(records=False)
   other = pipeline.train_pool(files_only, [1, 2, 3, 4], config)
-  assert_same(next(pipeline.train_dataset(other, config, 2, 4)),
-              next(pipeline.train_dataset(pool, config, 2, 4)))
+  assert_same(next(streams.train_dataset(other, config, 2, 4)),
+              next(streams.train_dataset(pool, config, 2, 4)))
 
 
 def test_deterministic_resume_and_process_rows(setup):
   _, config, pool = setup
-  stream = list(pipeline.train_dataset(pool, config, 0, 4, num_steps=4))
+  stream = list(streams.train_dataset(pool, config, 0, 4, num_steps=4))
   assert len(stream) == 4
-  again = list(pipeline.train_dataset(pool, config, 0, 4, num_steps=4))
+  again = list(streams.train_dataset(pool, config, 0, 4, num_steps=4))
   for a, b in zip(stream, again):
     assert_same(a, b)
-  resumed = next(pipeline.train_dataset(pool, config, start_step=2, host_batch_size=4))
+  resumed = next(streams.train_dataset(pool, config, start_step=2, host_batch_size=4))
   assert_same(resumed, stream[2])
-  parts = [next(pipeline.train_dataset(pool, config, 3, 2, process_index=p, process_count=2))
+  parts = [next(streams.train_dataset(pool, config, 3, 2, process_index=p, process_count=2))
            for p in range(2)]
   for key in stream[3]:
     np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), stream[3][key])
@@ -135,14 +136,14 @@ def test_in_memory_split_is_encoded_on_the_fly():
   split = toy_split()   # no load_encoded: PNG-encoded in the per-step call, lossless
   config = graph_config()
   pool = pipeline.train_pool(split, [1, 2, 3, 4], config)
-  batch = next(pipeline.train_dataset(pool, config, 0, 4))
+  batch = next(streams.train_dataset(pool, config, 0, 4))
   reference = pipeline.train_batch(pool, toy_config(), 0, range(4))
   np.testing.assert_array_equal(batch['query_index'], reference['query_index'])
   # stretch (no random draws) is the same function in both pipelines
   config.train.augment = 'stretch'
   numpy_config = toy_config()
   numpy_config.train.augment = 'stretch'
-  batch = next(pipeline.train_dataset(pool, config, 0, 4))
+  batch = next(streams.train_dataset(pool, config, 0, 4))
   reference = pipeline.train_batch(pool, numpy_config, 0, range(4))
   assert batch.keys() == reference.keys()
   for key in batch:
@@ -159,8 +160,8 @@ def test_eval_batches_equal_numpy(setup, fill, mode):
   numpy_config = toy_config()
   numpy_config.eval.pad_fill, numpy_config.eval.resize = fill, mode
   for rows, p in ((4, 0), (2, 1)):
-    graph = list(pipeline.eval_dataset(split, episodes, config, rows, p, 4 // rows))
-    numpy = list(pipeline.eval_dataset(split, episodes, numpy_config, rows, p, 4 // rows))
+    graph = list(streams.eval_dataset(split, episodes, config, rows, p, 4 // rows))
+    numpy = list(streams.eval_dataset(split, episodes, numpy_config, rows, p, 4 // rows))
     assert len(graph) == len(numpy) == 3
     for a, b in zip(graph, numpy):
       assert_same(a, b)
@@ -171,13 +172,13 @@ def test_bad_sample_redrawn_as_numpy_and_other_rows_unchanged():
   clean = stored_split()
   config = graph_config()
   pool = pipeline.train_pool(clean, [1, 2, 3, 4], config)
-  steps = list(pipeline.train_dataset(pool, config, 0, 4, num_steps=6))
+  steps = list(streams.train_dataset(pool, config, 0, 4, num_steps=6))
   used = {int(i) for b in steps for i in np.concatenate([b['query_index'],
                                                          b['support_index'].ravel()])}
   bad = sorted(used)[len(used) // 2]
   broken = stored_split(corrupt={bad})   # a record whose JPEG is truncated
   bad_pool = pipeline.train_pool(broken, [1, 2, 3, 4], config)
-  stream = pipeline.train_dataset(bad_pool, config, 0, 4, num_steps=6)
+  stream = streams.train_dataset(bad_pool, config, 0, 4, num_steps=6)
   got = list(stream)
   numpy_skips = pipeline.SkipCounter()
   hit = 0
@@ -200,11 +201,11 @@ def test_eval_bad_sample_names_the_image(setup):
   broken = stored_split(corrupt={3})
   episodes = [ep.Episode(3, 1, (0, 1))]
   with pytest.raises(pipeline.BadSampleError, match="img003"):
-    list(pipeline.eval_dataset(broken, episodes, config, 4))
+    list(streams.eval_dataset(broken, episodes, config, 4))
   big = graph_config()
   big.eval.max_label_size = 8
   with pytest.raises(ValueError, match='max_label_size=8'):
-    list(pipeline.eval_dataset(split, [ep.Episode(0, 1, (1, 2))], big, 4))
+    list(streams.eval_dataset(split, [ep.Episode(0, 1, (1, 2))], big, 4))
 
 
 def test_per_image_graphs_have_no_python_callbacks(setup):
@@ -226,4 +227,4 @@ def test_unknown_pipeline_is_named():
   config = graph_config()
   config.dataset.pipeline = 'torch'
   with pytest.raises(ValueError, match="dataset.pipeline='torch'"):
-    pipeline.pipeline_kind(config)
+    streams.pipeline_kind(config)
