@@ -284,3 +284,65 @@ def test_train_and_evaluate_on_a_gcs_workdir(bucket, tmp_path, monkeypatch):
   again = evaluate.evaluate_workdir(config, workdir, results_file=None)
   assert storage.isfile(storage.join(workdir, again['results_file']))
   assert sorted(os.listdir(tmp_path)) == ['tfds']
+
+
+KILLED_RUN = '''
+import sys
+import fsspec
+fsspec.config.conf.setdefault('gcs', {})['token'] = 'anon'   # the emulator's clients
+from mmnet_jax import train
+from tests.test_determinism import tiny_config
+config = tiny_config(sys.argv[1])
+config.train.checkpoint_every = 1   # saves in flight most of the time
+print(train.train(config, sys.argv[2]), flush=True)
+'''
+
+
+def _committed_steps(workdir):
+  from mmnet_jax import checkpoint
+  path = storage.join(workdir, checkpoint.LATEST_DIR)
+  return sorted(int(n) for n in storage.listdir(path) if n.isdigit()) if storage.isdir(
+      path) else []
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_on_gcs_is_bitwise_equal(bucket, monkeypatch, tmp_path):
+  """tests/test_preemption.py's SIGKILL + resume with the workdir on gs://: the resume takes
+  over the dead run's lock object, sets aside nothing complete, and ends bitwise equal to an
+  uninterrupted gs:// run."""
+  import signal
+  import sys
+  from mmnet_jax import checkpoint
+  from mmnet_jax import train
+  from tests import test_determinism as tiny
+  monkeypatch.chdir(tmp_path)   # a gs:// path mistaken for a local one would land here
+  config = tiny.shared_config()
+  with tiny._persistent_cache():
+    reference_dir = storage.join(bucket, 'reference_run')
+    assert train.train(config, reference_dir)['step'] == tiny.NUM_STEPS
+    reference = tiny.load_state(config, reference_dir)[0]
+    workdir = storage.join(bucket, 'killed_run')
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, '-c', KILLED_RUN, config.dataset.data_dir, workdir],
+                            cwd=repo, env=tiny.cache_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+      end = time.time() + 300
+      while time.time() < end and proc.poll() is None and not _committed_steps(workdir):
+        time.sleep(0.05)
+      proc.send_signal(signal.SIGKILL)
+      _, err = proc.communicate(timeout=60)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL, err[-3000:]
+    steps = _committed_steps(workdir)
+    assert steps and steps[-1] < tiny.NUM_STEPS, steps
+    assert storage.exists(storage.join(workdir, workdir_io.LOCK_FILE))   # the dead run's
+    resumed = train.train(config, workdir)
+    assert resumed['step'] == tiny.NUM_STEPS and resumed['preempted'] is None
+  assert not storage.exists(storage.join(workdir, workdir_io.LOCK_FILE))
+  assert not [n for n in storage.listdir(storage.join(workdir, checkpoint.LATEST_DIR))
+              if 'tmp' in n]
+  tiny.assert_bitwise_equal(tiny.load_state(config, workdir)[0], reference)
+  assert os.listdir(tmp_path) == []
