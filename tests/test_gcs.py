@@ -346,3 +346,88 @@ def test_sigkill_then_resume_on_gcs_is_bitwise_equal(bucket, monkeypatch, tmp_pa
               if 'tmp' in n]
   tiny.assert_bitwise_equal(tiny.load_state(config, workdir)[0], reference)
   assert os.listdir(tmp_path) == []
+
+
+def test_convert_reads_and_writes_gcs(bucket, tmp_path, monkeypatch):
+  """`python -m mmnet_jax.convert --input gs://... --output gs://...`: the .pth read from the
+  bucket, the orbax dir and convert_info.json written to it, a second run refused."""
+  import numpy as np
+  from mmnet_jax import convert
+  from mmnet_jax import torch_pickle
+  fixture = os.path.join(os.path.dirname(__file__), 'fixtures', 'mmnet_official.pth')
+  src = storage.join(bucket, 'pth', 'mmnet_official.pth')
+  with open(fixture, 'rb') as f:
+    storage.write_bytes(src, f.read())
+  out = storage.join(bucket, 'converted', 'mmnet')
+  monkeypatch.chdir(tmp_path)   # a gs:// path mistaken for a local one would land here
+  assert convert.main(['--format', 'mmnet-official', '--input', src, '--output', out]) == 0
+  assert storage.listdir(out) == ['checkpoint', 'convert_info.json']
+  info = json.loads(storage.read_text(storage.join(out, 'convert_info.json')))
+  assert info['source'] == src and info['epoch'] == 7
+  want = convert.convert_state_dict(torch_pickle.load(fixture)['state_dict'], 'mmnet-official')
+  got = convert._flatten(convert.load_converted(out))
+  assert sorted(got) == sorted(convert._flatten(want))
+  for k, v in convert._flatten(want).items():
+    np.testing.assert_array_equal(got[k], v, err_msg=str(k))
+  assert convert.main(['--format', 'mmnet-official', '--input', src, '--output', out]) == 1
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_init_from_episodes_file_and_predict_on_gcs(bucket, tmp_path, monkeypatch):
+  """Converted weights on gs:// as init_from for an evaluation into a gs:// workdir, that
+  evaluation's saved episode list (gs://) as eval.episodes_file for a second one, and
+  `predict` reading its images from gs:// and writing its PNGs there."""
+  import io
+  import jax
+  import numpy as np
+  from PIL import Image
+  from configs import synth_1shot
+  from mmnet_jax import convert
+  from mmnet_jax import evaluate
+  from mmnet_jax import predict
+  from mmnet_jax import train_state
+  from mmnet_jax.models import registry
+  c = synth_1shot.get_config('runlocal')
+  c.dataset.data_dir = str(tmp_path / 'tfds')
+  c.train.batch_size = c.eval.batch_size = c.eval.num_episodes = 8   # 8 CPU devices
+  c.eval.pictures = 0
+  variables = jax.device_get(train_state.init_variables(registry.build(c), c))
+  weights = storage.join(bucket, 'weights', 'full')
+  convert.save_converted(variables, weights)
+  c.init_from, c.init_from_format = weights, 'full'
+  monkeypatch.chdir(tmp_path)
+  workdir = storage.join(bucket, 'eval_only')
+  first = evaluate.evaluate_workdir(c, workdir)
+  saved = json.loads(storage.read_text(storage.join(workdir, 'results.json')))
+  assert saved['checkpoint'] == f'init_from {weights}' and saved['miou'] == first['miou']
+  c.eval.episodes_file = storage.join(workdir, first['episodes_file'])
+  again = evaluate.evaluate_workdir(c, workdir, results_file='again.json')
+  assert again['protocol_params']['episodes_file'] == c.eval.episodes_file
+  assert again['miou'] == first['miou'] and again['class_iou'] == first['class_iou']
+
+  rng = np.random.default_rng(0)
+  pictures = storage.join(bucket, 'pictures')
+  for name, array in (('support.png', rng.integers(0, 255, (40, 50, 3), np.uint8)),
+                      ('mask.png', (rng.random((40, 50)) > 0.5).astype(np.uint8) * 255),
+                      ('query.png', rng.integers(0, 255, (36, 44, 3), np.uint8))):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format='PNG')
+    storage.write_bytes(storage.join(pictures, name), buffer.getvalue())
+  out = storage.join(bucket, 'predicted', 'query_mask.png')
+  result = predict.predict_files(
+      c, workdir, [f'{pictures}/support.png:{pictures}/mask.png'],
+      storage.join(pictures, 'query.png'), out)
+  assert result['mask'] == out and result['overlay'] == storage.join(
+      bucket, 'predicted', 'query_mask_overlay.png')
+  with Image.open(io.BytesIO(storage.read_bytes(out))) as im:
+    assert im.size == (44, 36) and im.mode == 'L'
+  with Image.open(io.BytesIO(storage.read_bytes(result['overlay']))) as im:
+    assert im.size == (44, 36) and im.mode == 'RGB'
+  assert sorted(os.listdir(tmp_path)) == ['tfds']
+
+
+def test_a_support_spec_never_splits_inside_gs_scheme(bucket):
+  from mmnet_jax import predict
+  missing = f'{bucket}/none/image.png:{bucket}/none/mask.png'
+  assert predict.parse_support(missing) == (f'{bucket}/none/image.png', f'{bucket}/none/mask.png')
