@@ -62,6 +62,7 @@ def bucket(tmp_path_factory):
       env.setenv('TENSORSTORE_GCS_HTTP_URL', url)         # orbax's array writes
       env.setenv('GOOGLE_AUTH_TOKEN_FOR_TESTING', 'x')
       env.setenv('GOOGLE_CLOUD_PROJECT', 'test')
+      env.setenv('FSSPEC_GCS_TOKEN', 'anon')              # fsspec in child processes
       import fsspec
       env.setitem(fsspec.config.conf, 'gcs', {'token': 'anon'})
       gcs.Client().create_bucket(BUCKET)
@@ -288,8 +289,6 @@ def test_train_and_evaluate_on_a_gcs_workdir(bucket, tmp_path, monkeypatch):
 
 KILLED_RUN = '''
 import sys
-import fsspec
-fsspec.config.conf.setdefault('gcs', {})['token'] = 'anon'   # the emulator's clients
 from mmnet_jax import train
 from tests.test_determinism import tiny_config
 config = tiny_config(sys.argv[1])
@@ -431,3 +430,15 @@ def test_a_support_spec_never_splits_inside_gs_scheme(bucket):
   from mmnet_jax import predict
   missing = f'{bucket}/none/image.png:{bucket}/none/mask.png'
   assert predict.parse_support(missing) == (f'{bucket}/none/image.png', f'{bucket}/none/mask.png')
+
+
+@pytest.mark.slow
+def test_two_processes_write_one_checkpoint_to_gcs(bucket, tmp_path):
+  """tests/test_multiprocess.py's 2-process run with its workdir on gs://: both processes
+  write their shards of one orbax checkpoint to the bucket, and it restores what they trained."""
+  from mmnet_jax import checkpoint
+  from tests import test_multiprocess
+  workdir = storage.join(bucket, 'two_processes')
+  test_multiprocess.check_two_processes(tmp_path, workdir)
+  assert storage.listdir(storage.join(workdir, checkpoint.LATEST_DIR)) == ['2']
+  assert not storage.exists(storage.join(workdir, workdir_io.LOCK_FILE))
