@@ -39,6 +39,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mmnet_jax import storage
 from mmnet_jax import torch_pickle
 from mmnet_jax.models import registry
 from mmnet_jax.models.keymap import HeadKeyMap, Target
@@ -364,19 +365,24 @@ def save_converted(tree: Mapping, out_dir: str, info: Mapping[str, Any] | None =
   """Writes `tree` (orbax PyTree checkpoint) and `info` JSON to `out_dir` atomically.
 
   The directory is assembled next to `out_dir` and renamed into place; an existing
-  non-empty `out_dir` is never touched.
+  non-empty `out_dir` is never touched. On gs://, which has no atomic directory rename, the
+  checkpoint is written in place (orbax commits it last) and the info JSON after it.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+  out_dir = storage.abspath(out_dir)
+  if storage.exists(out_dir) and (not storage.isdir(out_dir) or storage.listdir(out_dir)):
     raise FileExistsError(f'output {out_dir} already exists and is not empty; choose a new '
                           'directory')
+  tree = {c: {k: v for k, v in sub.items()} for c, sub in tree.items()}
+  if storage.is_remote(out_dir):
+    ocp.PyTreeCheckpointer().save(storage.join(out_dir, _CKPT_SUBDIR), tree)
+    storage.write_json_atomic(storage.join(out_dir, _INFO_FILE), dict(info or {}))
+    return
   parent = os.path.dirname(out_dir)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(out_dir)}.tmp-', dir=parent)
   try:
-    tree = {c: {k: v for k, v in sub.items()} for c, sub in tree.items()}
     ocp.PyTreeCheckpointer().save(os.path.join(tmp, _CKPT_SUBDIR), tree)
     with open(os.path.join(tmp, _INFO_FILE), 'w') as f:
       json.dump(dict(info or {}), f, indent=2, sort_keys=True)
@@ -392,8 +398,8 @@ def load_converted(out_dir: str) -> dict:
   """Restores a tree written by `save_converted` as nested dicts of numpy arrays."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
-  path = os.path.join(os.path.abspath(out_dir), _CKPT_SUBDIR)
-  if not os.path.isdir(path):
+  path = storage.join(storage.abspath(out_dir), _CKPT_SUBDIR)
+  if not storage.isdir(path):
     raise FileNotFoundError(f'{out_dir}: no converted checkpoint (expected {path}/)')
   restored = ocp.PyTreeCheckpointer().restore(path)
   return _to_numpy(restored)
@@ -447,7 +453,7 @@ def convert_file(input_path: str, fmt: str, output_dir: str, config_spec: str | 
   tree, info = convert_state_dict_with_info(state_dict, fmt)
   if config_spec:
     merge_into(abstract_variables(load_config(config_spec)), tree)
-  info = {'format': fmt, 'source': os.path.abspath(input_path), 'config': config_spec,
+  info = {'format': fmt, 'source': storage.abspath(input_path), 'config': config_spec,
           'num_input_keys': len(state_dict), 'num_arrays': info['mapped'],
           'num_values': info['num_values'], 'skipped_keys': info['skipped'],
           'collections': sorted(tree),

@@ -19,6 +19,7 @@ for config.shots supports is most accurate with that many, so another K only log
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Sequence
 
@@ -28,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from mmnet_jax import conventions
+from mmnet_jax import storage
 from mmnet_jax.data import augment
 from mmnet_jax.data import image_io
 from mmnet_jax.data import stretch_batches
@@ -39,10 +41,28 @@ OVERLAY_ALPHA = 0.5
 
 
 def _check_file(path: str, what: str) -> None:
-  if os.path.isdir(path):
+  if storage.isdir(path):
     raise IsADirectoryError(f'{what} {path!r} is a directory; expected an image file')
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     raise FileNotFoundError(f'{what} {path!r}: no such file')
+
+
+def _image_source(path: str):
+  """What Image.open takes: the path, or a gs:// object's bytes (Pillow reads no URLs)."""
+  return io.BytesIO(storage.read_bytes(path)) if storage.is_remote(path) else path
+
+
+def _save_image(array: np.ndarray, path: str) -> None:
+  """Writes `array` as the image file `path` (format from its extension); on gs:// one upload."""
+  from PIL import Image
+  image = Image.fromarray(array)
+  if not storage.is_remote(path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    image.save(path)
+    return
+  buffer = io.BytesIO()
+  image.save(buffer, format=Image.registered_extensions()[os.path.splitext(path)[1].lower()])
+  storage.write_bytes(path, buffer.getvalue())
 
 
 def load_image(path: str, what: str = 'image') -> np.ndarray:
@@ -53,7 +73,7 @@ def load_image(path: str, what: str = 'image') -> np.ndarray:
   from PIL import Image, UnidentifiedImageError
   _check_file(path, what)
   try:
-    with Image.open(path) as im:
+    with Image.open(_image_source(path)) as im:
       return image_io.rgb8(im)
   except (UnidentifiedImageError, OSError) as e:
     raise ValueError(f'{what} {path!r} is not a readable image file: {e}') from e
@@ -69,7 +89,7 @@ def load_mask(path: str, mask_class: int | None = None, what: str = 'mask') -> n
   from PIL import Image, UnidentifiedImageError
   _check_file(path, what)
   try:
-    with Image.open(path) as im:
+    with Image.open(_image_source(path)) as im:
       if mask_class is None:
         values = np.asarray(im.convert('RGB') if im.mode not in ('1', 'L', 'P', 'I', 'I;16')
                             else im)
@@ -209,13 +229,14 @@ def overlay_path(output: str) -> str:
 
 def parse_support(spec: str) -> tuple[str, str]:
   """'IMG:MASK' -> (IMG, MASK). Either path may contain ':': of the possible splits the one
-  naming two existing files wins, else the last ':' splits."""
-  splits = [(spec[:i], spec[i + 1:]) for i, ch in enumerate(spec) if ch == ':']
+  naming two existing files wins, else the last ':' splits. The ':' of a gs:// never splits."""
+  splits = [(spec[:i], spec[i + 1:]) for i, ch in enumerate(spec)
+            if ch == ':' and spec[i - 2:i + 3] != storage.REMOTE_PREFIX]
   splits = [(image, mask) for image, mask in splits if image and mask]
   if not splits:
     raise ValueError(f'--support {spec!r}: expected IMAGE:MASK (two file paths joined by ":")')
   for image, mask in splits:
-    if os.path.isfile(image) and os.path.isfile(mask):
+    if storage.isfile(image) and storage.isfile(mask):
       return image, mask
   return splits[-1]
 
@@ -227,7 +248,7 @@ def check_output(output: str) -> None:
   if ext not in Image.registered_extensions():
     raise ValueError(f'--output {output!r}: expected an image file name such as mask.png '
                      f'(got extension {ext or "none"!r})')
-  if os.path.isdir(output):
+  if storage.isdir(output):
     raise IsADirectoryError(f'--output {output!r} is a directory; expected an image file name')
 
 
@@ -249,7 +270,6 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str,
   Returns:
     {'mask': path, 'overlay': path, 'foreground_fraction': float, 'shots': K, 'step': int|None}
   """
-  from PIL import Image
   if not output:
     raise ValueError('--output is required: the mask PNG to write')
   check_output(output)   # before any work: a bad name must not cost a model restore
@@ -273,10 +293,8 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str,
     variables, model, step, which = restore(config, workdir)
     logging.info('predicting with the %s checkpoint of %s at step %d', which, workdir, step)
   mask = predict(config, variables, images, masks, query_image, model=model)
-  out_dir = os.path.dirname(os.path.abspath(output))
-  os.makedirs(out_dir, exist_ok=True)
-  Image.fromarray(mask * np.uint8(255)).save(output)
+  _save_image(mask * np.uint8(255), output)
   over = overlay_path(output)
-  Image.fromarray(overlay(query_image, mask)).save(over)
+  _save_image(overlay(query_image, mask), over)
   return {'mask': output, 'overlay': over, 'foreground_fraction': float(mask.mean()),
           'shots': len(pairs), 'step': step}

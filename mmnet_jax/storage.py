@@ -29,6 +29,12 @@ def is_remote(path) -> bool:
   return os.fspath(path).startswith(REMOTE_PREFIX)
 
 
+def abspath(path) -> str:
+  """os.path.abspath for a local path; a gs:// one is already absolute (and abspath would
+  turn it into CWD/gs:/...)."""
+  return os.fspath(path) if is_remote(path) else os.path.abspath(path)
+
+
 def join(path, *parts) -> str:
   """os.path.join for both kinds (posixpath rules, so gs:// keeps its slashes)."""
   return os.path.join(os.fspath(path), *parts)

@@ -40,6 +40,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from mmnet_jax import storage
+
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 
@@ -337,8 +339,7 @@ def load(path: str | os.PathLike) -> Any:
     CheckpointFormatError: the file is not a torch checkpoint this reader understands.
   """
   source = os.fspath(path)
-  with open(source, 'rb') as f:
-    raw = f.read()
+  raw = storage.read_bytes(source)
   try:
     if zipfile.is_zipfile(io.BytesIO(raw)):
       return _load_zip(raw, source)

@@ -58,10 +58,12 @@ def bucket(tmp_path_factory):
     try:
       _wait_ready(url, process)
       env.setenv('STORAGE_EMULATOR_HOST', url)            # gcsfs, google-cloud-storage
+      env.setenv('CLOUD_STORAGE_EMULATOR_ENDPOINT', url)  # array_record's gs:// reader
       env.setenv('EPATH_USE_TF', 'false')                 # epath (orbax) on gcsfs, not TF
       env.setenv('TENSORSTORE_GCS_HTTP_URL', url)         # orbax's array writes
       env.setenv('GOOGLE_AUTH_TOKEN_FOR_TESTING', 'x')
       env.setenv('GOOGLE_CLOUD_PROJECT', 'test')
+      env.setenv('FSSPEC_GCS_TOKEN', 'anon')              # fsspec in child processes
       import fsspec
       env.setitem(fsspec.config.conf, 'gcs', {'token': 'anon'})
       gcs.Client().create_bucket(BUCKET)
@@ -284,3 +286,206 @@ def test_train_and_evaluate_on_a_gcs_workdir(bucket, tmp_path, monkeypatch):
   again = evaluate.evaluate_workdir(config, workdir, results_file=None)
   assert storage.isfile(storage.join(workdir, again['results_file']))
   assert sorted(os.listdir(tmp_path)) == ['tfds']
+
+
+KILLED_RUN = '''
+import sys
+from mmnet_jax import train
+from tests.test_determinism import tiny_config
+config = tiny_config(sys.argv[1])
+config.train.checkpoint_every = 1   # saves in flight most of the time
+print(train.train(config, sys.argv[2]), flush=True)
+'''
+
+
+def _committed_steps(workdir):
+  from mmnet_jax import checkpoint
+  path = storage.join(workdir, checkpoint.LATEST_DIR)
+  return sorted(int(n) for n in storage.listdir(path) if n.isdigit()) if storage.isdir(
+      path) else []
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_on_gcs_is_bitwise_equal(bucket, monkeypatch, tmp_path):
+  """tests/test_preemption.py's SIGKILL + resume with the workdir on gs://: the resume takes
+  over the dead run's lock object, sets aside nothing complete, and ends bitwise equal to an
+  uninterrupted gs:// run."""
+  import signal
+  import sys
+  from mmnet_jax import checkpoint
+  from mmnet_jax import train
+  from tests import test_determinism as tiny
+  monkeypatch.chdir(tmp_path)   # a gs:// path mistaken for a local one would land here
+  config = tiny.shared_config()
+  with tiny._persistent_cache():
+    reference_dir = storage.join(bucket, 'reference_run')
+    assert train.train(config, reference_dir)['step'] == tiny.NUM_STEPS
+    reference = tiny.load_state(config, reference_dir)[0]
+    workdir = storage.join(bucket, 'killed_run')
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, '-c', KILLED_RUN, config.dataset.data_dir, workdir],
+                            cwd=repo, env=tiny.cache_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+      end = time.time() + 300
+      while time.time() < end and proc.poll() is None and not _committed_steps(workdir):
+        time.sleep(0.05)
+      proc.send_signal(signal.SIGKILL)
+      _, err = proc.communicate(timeout=60)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL, err[-3000:]
+    steps = _committed_steps(workdir)
+    assert steps and steps[-1] < tiny.NUM_STEPS, steps
+    assert storage.exists(storage.join(workdir, workdir_io.LOCK_FILE))   # the dead run's
+    resumed = train.train(config, workdir)
+    assert resumed['step'] == tiny.NUM_STEPS and resumed['preempted'] is None
+  assert not storage.exists(storage.join(workdir, workdir_io.LOCK_FILE))
+  assert not [n for n in storage.listdir(storage.join(workdir, checkpoint.LATEST_DIR))
+              if 'tmp' in n]
+  tiny.assert_bitwise_equal(tiny.load_state(config, workdir)[0], reference)
+  assert os.listdir(tmp_path) == []
+
+
+def test_convert_reads_and_writes_gcs(bucket, tmp_path, monkeypatch):
+  """`python -m mmnet_jax.convert --input gs://... --output gs://...`: the .pth read from the
+  bucket, the orbax dir and convert_info.json written to it, a second run refused."""
+  import numpy as np
+  from mmnet_jax import convert
+  from mmnet_jax import torch_pickle
+  fixture = os.path.join(os.path.dirname(__file__), 'fixtures', 'mmnet_official.pth')
+  src = storage.join(bucket, 'pth', 'mmnet_official.pth')
+  with open(fixture, 'rb') as f:
+    storage.write_bytes(src, f.read())
+  out = storage.join(bucket, 'converted', 'mmnet')
+  monkeypatch.chdir(tmp_path)   # a gs:// path mistaken for a local one would land here
+  assert convert.main(['--format', 'mmnet-official', '--input', src, '--output', out]) == 0
+  assert storage.listdir(out) == ['checkpoint', 'convert_info.json']
+  info = json.loads(storage.read_text(storage.join(out, 'convert_info.json')))
+  assert info['source'] == src and info['epoch'] == 7
+  want = convert.convert_state_dict(torch_pickle.load(fixture)['state_dict'], 'mmnet-official')
+  got = convert._flatten(convert.load_converted(out))
+  assert sorted(got) == sorted(convert._flatten(want))
+  for k, v in convert._flatten(want).items():
+    np.testing.assert_array_equal(got[k], v, err_msg=str(k))
+  assert convert.main(['--format', 'mmnet-official', '--input', src, '--output', out]) == 1
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_init_from_episodes_file_and_predict_on_gcs(bucket, tmp_path, monkeypatch):
+  """Converted weights on gs:// as init_from for an evaluation into a gs:// workdir, that
+  evaluation's saved episode list (gs://) as eval.episodes_file for a second one, and
+  `predict` reading its images from gs:// and writing its PNGs there."""
+  import io
+  import jax
+  import numpy as np
+  from PIL import Image
+  from configs import synth_1shot
+  from mmnet_jax import convert
+  from mmnet_jax import evaluate
+  from mmnet_jax import predict
+  from mmnet_jax import train_state
+  from mmnet_jax.models import registry
+  c = synth_1shot.get_config('runlocal')
+  c.dataset.data_dir = str(tmp_path / 'tfds')
+  c.train.batch_size = c.eval.batch_size = c.eval.num_episodes = 8   # 8 CPU devices
+  c.eval.pictures = 0
+  variables = jax.device_get(train_state.init_variables(registry.build(c), c))
+  weights = storage.join(bucket, 'weights', 'full')
+  convert.save_converted(variables, weights)
+  c.init_from, c.init_from_format = weights, 'full'
+  monkeypatch.chdir(tmp_path)
+  workdir = storage.join(bucket, 'eval_only')
+  first = evaluate.evaluate_workdir(c, workdir)
+  saved = json.loads(storage.read_text(storage.join(workdir, 'results.json')))
+  assert saved['checkpoint'] == f'init_from {weights}' and saved['miou'] == first['miou']
+  c.eval.episodes_file = storage.join(workdir, first['episodes_file'])
+  again = evaluate.evaluate_workdir(c, workdir, results_file='again.json')
+  assert again['protocol_params']['episodes_file'] == c.eval.episodes_file
+  assert again['miou'] == first['miou'] and again['class_iou'] == first['class_iou']
+
+  rng = np.random.default_rng(0)
+  pictures = storage.join(bucket, 'pictures')
+  for name, array in (('support.png', rng.integers(0, 255, (40, 50, 3), np.uint8)),
+                      ('mask.png', (rng.random((40, 50)) > 0.5).astype(np.uint8) * 255),
+                      ('query.png', rng.integers(0, 255, (36, 44, 3), np.uint8))):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format='PNG')
+    storage.write_bytes(storage.join(pictures, name), buffer.getvalue())
+  out = storage.join(bucket, 'predicted', 'query_mask.png')
+  result = predict.predict_files(
+      c, workdir, [f'{pictures}/support.png:{pictures}/mask.png'],
+      storage.join(pictures, 'query.png'), out)
+  assert result['mask'] == out and result['overlay'] == storage.join(
+      bucket, 'predicted', 'query_mask_overlay.png')
+  with Image.open(io.BytesIO(storage.read_bytes(out))) as im:
+    assert im.size == (44, 36) and im.mode == 'L'
+  with Image.open(io.BytesIO(storage.read_bytes(result['overlay']))) as im:
+    assert im.size == (44, 36) and im.mode == 'RGB'
+  assert sorted(os.listdir(tmp_path)) == ['tfds']
+
+
+def test_a_support_spec_never_splits_inside_gs_scheme(bucket):
+  from mmnet_jax import predict
+  missing = f'{bucket}/none/image.png:{bucket}/none/mask.png'
+  assert predict.parse_support(missing) == (f'{bucket}/none/image.png', f'{bucket}/none/mask.png')
+
+
+@pytest.mark.slow
+def test_two_processes_write_one_checkpoint_to_gcs(bucket, tmp_path):
+  """tests/test_multiprocess.py's 2-process run with its workdir on gs://: both processes
+  write their shards of one orbax checkpoint to the bucket, and it restores what they trained."""
+  from mmnet_jax import checkpoint
+  from tests import test_multiprocess
+  workdir = storage.join(bucket, 'two_processes')
+  test_multiprocess.check_two_processes(tmp_path, workdir)
+  assert storage.listdir(storage.join(workdir, checkpoint.LATEST_DIR)) == ['2']
+  assert not storage.exists(storage.join(workdir, workdir_io.LOCK_FILE))
+
+
+def _upload_tree(local_dir, remote_dir) -> None:
+  """`gcloud storage cp -r local_dir/* remote_dir`: every file, by its relative path."""
+  for root, _, names in os.walk(local_dir):
+    for name in names:
+      with open(os.path.join(root, name), 'rb') as f:
+        rel = os.path.relpath(os.path.join(root, name), local_dir)
+        storage.write_bytes(storage.join(remote_dir, rel), f.read())
+
+
+@pytest.mark.slow
+def test_train_from_a_tfds_data_dir_on_gcs(bucket, tmp_path, monkeypatch):
+  """A dataset built locally and copied to gs://BUCKET/tfds: a tiny run reads it from there
+  (TFDS metadata through epath, records through array_record's own GCS reader) and trains on
+  what the local copy holds, bitwise."""
+  from mmnet_jax import train
+  from mmnet_jax.data import dataset_registry
+  from tests import test_determinism as tiny
+  local_dir = str(tmp_path / 'tfds')
+  config = tiny.tiny_config(local_dir)
+  config.train.num_steps = config.train.checkpoint_every = 2
+  local = dataset_registry.open_split(config.dataset, 'train')
+  _upload_tree(local_dir, storage.join(bucket, 'tfds'))
+  config.dataset.data_dir = storage.join(bucket, 'tfds')
+  remote = dataset_registry.open_split(config.dataset, 'train')
+  assert remote.image_ids == local.image_ids
+  for i in (0, len(local.image_ids) - 1):
+    for a, b in zip(remote.load(i), local.load(i)):
+      assert a.tobytes() == b.tobytes()
+  monkeypatch.chdir(tmp_path)   # a gs:// path mistaken for a local one would land here
+  workdir = storage.join(bucket, 'from_gcs_data')
+  with tiny._persistent_cache():
+    assert train.train(config, workdir)['step'] == 2
+  assert sorted(os.listdir(tmp_path)) == ['tfds']
+
+
+def test_an_unprepared_gcs_data_dir_is_refused_with_the_recipe(bucket, tmp_path, monkeypatch):
+  from configs import synth_1shot
+  from mmnet_jax.data import dataset_registry
+  config = synth_1shot.get_config('runlocal')
+  config.dataset.data_dir = storage.join(bucket, 'empty_tfds')
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError, match=r'gs:// data_dir is read-only .* gcloud storage cp -r'):
+    dataset_registry.open_split(config.dataset, 'val')
+  assert os.listdir(tmp_path) == []   # no local 'gs:' directory for a lock

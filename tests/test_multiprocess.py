@@ -78,9 +78,15 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_train_identically_and_count_each_episode_once(tmp_path):
+  check_two_processes(tmp_path, str(tmp_path / 'run'))
+
+
+def check_two_processes(tmp_path, workdir: str) -> None:
+  """Trains with 2 processes into `workdir` (local or gs://: the children inherit this
+  process's environment) and checks what the module docstring says."""
   from mmnet_jax import evaluate
   from mmnet_jax.data import dataset_registry
-  data_dir, workdir, out = str(tmp_path / 'tfds'), str(tmp_path / 'run'), str(tmp_path / 'out')
+  data_dir, out = str(tmp_path / 'tfds'), str(tmp_path / 'out')
   os.makedirs(out)
   config = _config(data_dir)
   for split in ('train', 'val'):   # build once here: two children must not race to build it

@@ -14,6 +14,8 @@ import fcntl
 import os
 from typing import Callable
 
+from mmnet_jax import storage
+
 
 @contextlib.contextmanager
 def _locked(path: str):
@@ -36,6 +38,14 @@ def prepare_once(builder, prepare: Callable[[], None]) -> bool:
   """Runs `prepare()` unless `builder` is prepared, under the dataset's lock; True if it ran."""
   if builder.is_prepared():   # the common case: no lock needed to read a finished build
     return False
+  data_dir = str(builder.data_dir_root)
+  if storage.is_remote(data_dir):
+    raise ValueError(
+        f'dataset.data_dir={data_dir!r} holds no prepared {builder.name}/'
+        f'{builder.builder_config.name if builder.builder_config else "default"}: a gs:// '
+        'data_dir is read-only here (array_record writes only local files, and the build lock '
+        'is a local file lock). Build it with a local data_dir, then copy that directory '
+        'there: gcloud storage cp -r LOCAL_DATA_DIR/* ' + data_dir)
   with _locked(lock_path(builder)):
     if builder.is_prepared():   # built by another process while this one waited
       return False

@@ -36,6 +36,8 @@ from typing import Callable
 
 import numpy as np
 
+from mmnet_jax import storage
+
 NUM_CLASSES = {'synthetic': 40, 'pascal': 20, 'coco': 80}
 COCO_CONVENTIONS = ('interleaved', 'consecutive')
 SPLITS = ('train', 'val')
@@ -232,11 +234,10 @@ def check_build_source(builder, manual_dir):
   its downloads) and builds without a record (older versions) are accepted.
   """
   import json
-  path = os.path.join(os.fspath(builder.data_path), BUILD_SOURCE_FILE)
-  if not manual_dir or not os.path.isfile(path):
+  path = storage.join(os.fspath(builder.data_path), BUILD_SOURCE_FILE)
+  if not manual_dir or not storage.isfile(path):   # also a build copied to gs://
     return
-  with open(path) as f:
-    built_from = json.load(f).get('manual_dir')
+  built_from = json.loads(storage.read_text(path)).get('manual_dir')
   if built_from != os.path.realpath(manual_dir):
     raise ValueError(
         f'{path}: this build was made from dataset.manual_dir={built_from!r}, but '
