@@ -308,9 +308,10 @@ def measure_child(args, cpus, pipeline: str, data_dir: str, sampler, tmp: str) -
 def projection(per_core: float, two_core: float, gil_ms, cores: int = PROJECTED_CORES) -> dict:
   """Episodes/s of one input process on a `cores`-core host: the 1-core throughput x cores,
   scaled by the measured 2-core efficiency, capped by the GIL (a process whose episode holds
-  the GIL gil_ms cannot exceed 1000 / gil_ms episodes/s, whatever its cores)."""
+  the GIL gil_ms cannot exceed 1000 / gil_ms episodes/s, whatever its cores). An efficiency
+  above 1 (a 1-core run slowed by its own thread pools) is not extrapolated: capped at 1."""
   efficiency = two_core / (2 * per_core)
-  scaled = per_core * cores * efficiency
+  scaled = per_core * cores * min(efficiency, 1.0)
   ceiling = 1000 / gil_ms if gil_ms else None
   projected = scaled if ceiling is None else min(scaled, ceiling)
   bound = 'cores' if ceiling is None or scaled <= ceiling else 'gil'

@@ -35,6 +35,9 @@ def test_projection_scales_by_2core_efficiency_and_caps_by_gil():
   p = benchmark_input.projection(per_core=10.0, two_core=15.0, gil_ms=4.0)
   assert p['gil_ceiling'] == pytest.approx(250.0)
   assert p['episodes_per_s'] == pytest.approx(250.0) and p['bound'] == 'gil'
+  p = benchmark_input.projection(per_core=10.0, two_core=24.0, gil_ms=None)  # superlinear
+  assert p['efficiency_2core'] == pytest.approx(1.2)
+  assert p['episodes_per_s'] == pytest.approx(10 * 96)
 
 
 def test_consumption_follows_its_derivation():
