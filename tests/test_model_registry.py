@@ -201,6 +201,7 @@ def test_a_model_from_its_own_file_trains_evaluates_and_predicts_through_main(tm
   assert Image.open(tmp_path / 'pred.png').size == (48, 40)
 
 
+@pytest.mark.slow   # HSNet through main.py, ~60 s; CI runs it (.ci/run)
 def test_hsnet_trains_evaluates_and_predicts_through_main(tmp_path):
   """HSNet like the other models: main.py train (Adam, its loss), eval from the workdir alone
   and a 2-shot predict (the vote) in fresh processes."""

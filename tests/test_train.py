@@ -57,6 +57,7 @@ def test_loss_falls_on_a_fixed_batch(config):
   assert int(state['step']) == 8
 
 
+@pytest.mark.slow   # ~45 s; CI runs it (.ci/run)
 def test_train_then_eval_from_checkpoint_gives_the_same_numbers(config, tmp_path):
   workdir = str(tmp_path / 'run')
   results = train.train_and_evaluate(config, workdir)
