@@ -116,8 +116,8 @@ def fss_features(image_encoding, with_list_index=True):
   return tfds.features.FeaturesDict(features)
 
 
-class TfdsLoader:
-  """index (in list order) -> (uint8 (h, w, 3) RGB image, uint8 (h, w) label); picklable."""
+class _OrderedLoader:
+  """index (in list order) -> what `_read` makes of the source's row; picklable."""
 
   def __init__(self, source, order):
     self._source = source
@@ -126,24 +126,23 @@ class TfdsLoader:
   def __call__(self, index):
     if not 0 <= index < len(self._order):
       raise IndexError(f'image index {index} out of range [0, {len(self._order)})')
-    example = self._source[self._order[index]]
+    return self._read(self._source[self._order[index]])
+
+
+class TfdsLoader(_OrderedLoader):
+  """index (in list order) -> (uint8 (h, w, 3) RGB image, uint8 (h, w) label); picklable."""
+
+  def _read(self, example):
     image = np.asarray(example['image'], np.uint8)
     if image.ndim == 2 or image.shape[-1] == 1:  # grayscale JPEGs (COCO has some)
       image = np.repeat(image.reshape(image.shape[:2] + (1,)), 3, axis=-1)
     return image, np.asarray(example['label'], np.uint8)[..., 0]
 
 
-class TfdsEncodedLoader:
+class TfdsEncodedLoader(_OrderedLoader):
   """index (in list order) -> (image bytes, label PNG bytes) as stored; picklable."""
 
-  def __init__(self, source, order):
-    self._source = source
-    self._order = order
-
-  def __call__(self, index):
-    if not 0 <= index < len(self._order):
-      raise IndexError(f'image index {index} out of range [0, {len(self._order)})')
-    example = self._source[self._order[index]]
+  def _read(self, example):
     return bytes(example['image']), bytes(example['label'])
 
 

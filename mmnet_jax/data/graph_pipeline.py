@@ -207,7 +207,27 @@ def _group(flat: dict, rows: int, shots: int) -> dict:
           'query_index': index[:, 0], 'support_index': index[:, 1:]}
 
 
-class GraphTrainStream:
+class _Stream:
+  """What both graph streams share: a restartable tf.data iterator from batch `first` on."""
+
+  def _open(self, first: int) -> None:
+    self._next = first
+    self._iterator = iter(pipeline.BatchStream(self._dataset(first)))
+
+  def __iter__(self):
+    return self
+
+  def close(self) -> None:
+    self._iterator = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    self.close()
+
+
+class GraphTrainStream(_Stream):
   """Training batches of steps [first, end) from the graph pipeline, with the bad-sample
   fallback of the module docstring. Iterator of numpy dicts, like pipeline.BatchStream."""
 
@@ -247,12 +267,6 @@ class GraphTrainStream:
     ds = ds.batch(n).map(lambda flat: _group(flat, len(rows), shots))
     return ds.prefetch(2)
 
-  def _open(self, first: int) -> None:
-    self._next = first
-    self._iterator = iter(pipeline.BatchStream(self._dataset(first)))
-
-  def __iter__(self):
-    return self
 
   def __next__(self) -> dict:
     if self._iterator is None or self._next >= self._end:
@@ -317,14 +331,6 @@ class GraphTrainStream:
       pairs.append((image.numpy(), label.numpy()))
     return pairs
 
-  def close(self) -> None:
-    self._iterator = None
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc_info):
-    self.close()
 
 
 def train_dataset(pool, config, rows: Sequence[int], first: int, end: int) -> GraphTrainStream:
@@ -380,7 +386,7 @@ def eval_image_fn(config, num_classes: int, records: bool = False):
   return fn
 
 
-class GraphEvalStream:
+class GraphEvalStream(_Stream):
   """Eval batches 0 .. num_batches - 1 from the graph pipeline; a batch that fails inside
   tf.data is rebuilt by pipeline.eval_batch (its error names the image)."""
 
@@ -432,12 +438,6 @@ class GraphEvalStream:
     ds = ds.map(per_image, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(n).map(group).prefetch(2)
 
-  def _open(self, first: int) -> None:
-    self._next = first
-    self._iterator = iter(pipeline.BatchStream(self._dataset(first)))
-
-  def __iter__(self):
-    return self
 
   def __next__(self) -> dict:
     if self._iterator is None or self._next >= self._end:
@@ -456,14 +456,6 @@ class GraphEvalStream:
     self._next += 1
     return batch
 
-  def close(self) -> None:
-    self._iterator = None
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc_info):
-    self.close()
 
 
 def eval_dataset(split, episode_list, config, rows: Sequence[int]) -> GraphEvalStream:
