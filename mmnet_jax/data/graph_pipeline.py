@@ -39,7 +39,6 @@ from mmnet_jax.data import episodes as episodes_lib
 from mmnet_jax.data import pipeline
 
 
-
 def _png(array: np.ndarray) -> bytes:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   buffer = io.BytesIO()
@@ -332,7 +331,6 @@ class GraphTrainStream(_Stream):
     return pairs
 
 
-
 def train_dataset(pool, config, rows: Sequence[int], first: int, end: int) -> GraphTrainStream:
   return GraphTrainStream(pool, config, rows, first, end)
 
@@ -455,7 +453,6 @@ class GraphEvalStream(_Stream):
                                     f'TensorFlow could not build it: {e.message}') from e
     self._next += 1
     return batch
-
 
 
 def eval_dataset(split, episode_list, config, rows: Sequence[int]) -> GraphEvalStream:
