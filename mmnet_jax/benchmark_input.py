@@ -36,7 +36,10 @@ from mmnet_jax import workdir_io
 
 
 STREAMS = ('train_1shot', 'train_5shot', 'eval_1shot')
-PIPELINES = ('numpy', 'graph')   # config.dataset.pipeline: tf.numpy_function / TF decode+augment
+# config.dataset.pipeline: tf.numpy_function / TF decode+augment / the same on tf.data service
+# workers (local worker processes; their CPU is added to the stream's CPU column).
+PIPELINES = ('numpy', 'graph', 'service')
+CHOICES = {'both': ('numpy', 'graph'), 'all': PIPELINES}
 CORE_COUNTS = (1, 2)
 PROJECTED_CORES = 96
 PROTOCOL = 'BENCH_INPUT '   # prefix of the child's messages on its stdout (TF may print too)
@@ -55,13 +58,30 @@ CONSUMERS = (  # (name, chips, bf16 peak TFLOP/s per chip, the issue's figure in
 )
 
 
+def pipeline_list(text: str) -> tuple:
+  """--pipeline's value as the tuple of pipelines it names."""
+  if text in CHOICES:
+    return CHOICES[text]
+  names = tuple(t.strip() for t in text.split(','))
+  unknown = [n for n in names if n not in PIPELINES]
+  if unknown:
+    raise argparse.ArgumentTypeError(
+        f'unknown pipeline(s) {unknown}; expected names of {list(PIPELINES)}, comma-separated, '
+        f'or one of {list(CHOICES)}')
+  return names
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--size', type=int, default=473, help='train crop and eval canvas side')
   p.add_argument('--batch-size', type=int, default=4, help='episodes per batch (MM-Net: 4)')
   p.add_argument('--batches', type=int, default=6, help='timed batches per input stream')
-  p.add_argument('--pipeline', default='both', choices=PIPELINES + ('both',),
-                 help="config.dataset.pipeline to measure ('both': each, in this run)")
+  p.add_argument('--pipeline', default='both', type=pipeline_list,
+                 help="config.dataset.pipeline(s) to measure in this run: one of "
+                      f"{list(PIPELINES)}, a comma-separated list of them, 'both' (numpy and "
+                      "graph) or 'all'")
+  p.add_argument('--service-workers', type=int, default=2,
+                 help='local tf.data service worker processes (--pipeline service)')
   p.add_argument('--profiler', default='py-spy', choices=['py-spy', 'none'],
                  help="GIL sampler ('none': no GIL column)")
   p.add_argument('--rate', type=int, default=200, help='py-spy samples per second')
@@ -113,15 +133,37 @@ def make_config(args, data_dir: str):
   return c
 
 
-def time_window(stream, batches: int, batch_size: int) -> dict:
-  """Wall and process CPU time (user + sys, every thread) of the next `batches` batches."""
+def process_cpu_seconds(pid: int) -> float:
+  """user + sys CPU seconds of process `pid` so far (/proc/PID/stat fields 14 and 15)."""
+  with open(f'/proc/{pid}/stat') as f:
+    fields = f.read().rsplit(')', 1)[1].split()
+  return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def service_worker_pids() -> list:
+  """The pids of this process's local tf.data service workers (none when not started)."""
+  from mmnet_jax.data import service
+  local = service._LOCAL  # pylint: disable=protected-access
+  return [w.pid for w in local.workers] if local is not None else []
+
+
+def time_window(stream, batches: int, batch_size: int, worker_pids=()) -> dict:
+  """Wall and CPU time (user + sys, every thread) of the next `batches` batches: this
+  process's, plus that of the service worker processes `worker_pids`."""
+  workers = sum(process_cpu_seconds(p) for p in worker_pids)
   wall, cpu = time.perf_counter(), time.process_time()
   for _ in range(batches):
     next(stream)
   wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+  workers = sum(process_cpu_seconds(p) for p in worker_pids) - workers
   episodes = batches * batch_size
-  return {'episodes': episodes, 'seconds': wall, 'cpu_seconds': cpu,
-          'episodes_per_s': episodes / wall, 'cpu_ms_per_episode': 1000 * cpu / episodes}
+  out = {'episodes': episodes, 'seconds': wall, 'cpu_seconds': cpu + workers,
+         'episodes_per_s': episodes / wall,
+         'cpu_ms_per_episode': 1000 * (cpu + workers) / episodes}
+  if worker_pids:
+    out.update(client_cpu_ms_per_episode=1000 * cpu / episodes,
+               service_workers=len(worker_pids))
+  return out
 
 
 def set_pipeline(config, pipeline: str) -> str:
@@ -182,7 +224,10 @@ def child_main(args) -> None:
   batches (the prefetch head start of the wait), the timed window, 'done'."""
   os.sched_setaffinity(0, {int(c) for c in args.child_cpus.split(',')})
   config = make_config(args, args.data_dir)
-  field = set_pipeline(config, args.pipeline)
+  (pipeline,) = args.pipeline   # a child measures one
+  field = set_pipeline(config, pipeline)
+  if pipeline == 'service':
+    config.dataset.service.local_workers = args.service_workers
   makers = stream_makers(config, args)
   send('hello', {'pid': os.getpid(), 'pipeline_field': field})
   for name, make in makers.items():
@@ -192,7 +237,7 @@ def child_main(args) -> None:
     sys.stdin.readline()
     for _ in range(args.drain):
       next(stream)
-    result = time_window(stream, args.batches, args.batch_size)
+    result = time_window(stream, args.batches, args.batch_size, service_worker_pids())
     result['drained_episodes'] = args.drain * args.batch_size
     result['affinity'] = sorted(os.sched_getaffinity(0))   # with TF's threads running
     stream.close()
@@ -215,7 +260,8 @@ def child_argv(args, cpus, pipeline: str, data_dir: str) -> list:
            '--data-dir': data_dir, '--size': args.size, '--batch-size': args.batch_size,
            '--batches': args.batches, '--drain': args.drain, '--min-image': args.min_image,
            '--max-image': args.max_image, '--num-images': args.num_images,
-           '--min-class-pixels': args.min_class_pixels, '--model': args.model}
+           '--min-class-pixels': args.min_class_pixels, '--model': args.model,
+           '--service-workers': args.service_workers}
   return [sys.executable, '-m', 'mmnet_jax.benchmark_input'] + [
       str(x) for flag, value in flags.items() for x in (flag, value)]
 
@@ -325,7 +371,8 @@ def stream_summary(runs: dict, name: str) -> dict:
   one = runs[1]['streams'][name]
   out = {'episodes_per_s_1core': one['episodes_per_s'],
          'cpu_ms_per_episode_1core': one['cpu_ms_per_episode'],
-         'gil_ms_per_episode': one.get('gil_ms_per_episode'), 'gil_note': one.get('gil_note')}
+         'gil_ms_per_episode': one.get('gil_ms_per_episode'), 'gil_note': one.get('gil_note'),
+         'client_cpu_ms_per_episode_1core': one.get('client_cpu_ms_per_episode')}
   if 2 in runs:
     two = runs[2]['streams'][name]
     out.update({'episodes_per_s_2core': two['episodes_per_s'],
@@ -405,7 +452,7 @@ def run(args) -> dict:
     dataset_registry.open_split(config.dataset, 'val')
     build_seconds = time.perf_counter() - start
     gil = gil_state(args)
-    pipelines = PIPELINES if args.pipeline == 'both' else (args.pipeline,)
+    pipelines = args.pipeline
     results = {
         'size': args.size, 'batch_size': args.batch_size, 'batches': args.batches,
         'images': f'synthetic {args.min_image}-{args.max_image} px, png',
@@ -446,7 +493,9 @@ def format_results(results: dict) -> str:
           f'{_num(s["cpu_ms_per_episode_1core"], ".1f", 12)} '
           f'{_num(s.get("cpu_ms_per_episode_2core"), ".1f", 12)} '
           f'{_num(s["gil_ms_per_episode"], ".1f", 9)} {proj_text:>20}'
-          + (f'  [{s["gil_note"]}]' if s['gil_note'] else ''))
+          + (f'  [{s["gil_note"]}]' if s['gil_note'] else '')
+          + (f'  [training process {s["client_cpu_ms_per_episode_1core"]:.1f} CPU ms/ep '
+             'of the 1c column]' if s.get('client_cpu_ms_per_episode_1core') else ''))
   lines.append(f'one accelerator consumes ({ACCELERATOR_SHARE:.0%} of bf16 peak, '
                f'{STEP_GFLOP} GFLOP per 1-shot train episode at 473):')
   for c in results['consumption']:

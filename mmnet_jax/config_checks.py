@@ -133,6 +133,10 @@ def problems(config, reference=None, num_devices: int | None = None) -> list[str
     c.int_at_least('dataset.fold', 0)
   c.one_of('dataset.coco_convention', datasets.COCO_CONVENTIONS)
   c.one_of('dataset.pipeline', streams.PIPELINES)
+  c.int_at_least('dataset.service.reorder_window', 1)
+  c.int_at_least('dataset.service.local_workers', 1)
+  c.check('dataset.service.address', lambda v: isinstance(v, str) and ' ' not in v,
+          "'' or 'HOST:PORT' of a dispatcher")
   c.int_at_least('dataset.min_class_pixels', 0)
 
   spec.check(c, config)   # the model's own fields and loss weights (models/<name>_spec.py)

@@ -55,7 +55,13 @@ def get_config(arg=None, model='mmnet'):
   c.dataset.filter_intersection = False   # False: PFENet (novel pixels as background)
   # 'graph': decode and augment as TensorFlow ops (data/graph_pipeline.py); 'numpy': the
   # numpy/PIL builders in tf.numpy_function (data/pipeline.py). Different training streams.
+  # 'service': the graph training stream built by tf.data service workers (data/service.py).
   c.dataset.pipeline = 'graph'
+  c.dataset.service = ml_collections.ConfigDict()
+  c.dataset.service.address = ''      # HOST:PORT of a dispatcher; '' -> one in this process
+  c.dataset.service.local_workers = 2   # worker processes started here when address == ''
+  c.dataset.service.reorder_window = 64   # later steps held before a missing one is rebuilt
+  c.dataset.service.records_dir = ''    # record files the workers read ('' -> data_dir/...)
   # Synthetic benchmark knobs (used when name == 'synthetic').
   c.dataset.synthetic = ml_collections.ConfigDict()
   c.dataset.synthetic.seed = 0

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import ml_collections
 import pytest
@@ -55,8 +56,18 @@ def test_set_pipeline_with_and_without_the_field():
   assert c.dataset.pipeline == 'graph'
 
 
-def test_pipeline_flag_defaults_to_both():
-  assert benchmark_input.parse_args([]).pipeline == 'both'
+def test_pipeline_flag_names_one_or_several():
+  assert benchmark_input.parse_args([]).pipeline == ('numpy', 'graph')
+  assert benchmark_input.parse_args(['--pipeline', 'graph,service']).pipeline == (
+      'graph', 'service')
+  assert benchmark_input.parse_args(['--pipeline', 'all']).pipeline == (
+      'numpy', 'graph', 'service')
+
+
+def test_pipeline_flag_rejects_unknown_names(capsys):
+  with pytest.raises(SystemExit):
+    benchmark_input.parse_args(['--pipeline', 'graph,tpu'])
+  assert "unknown pipeline(s) ['tpu']" in capsys.readouterr().err
 
 
 def check(results, size, pipelines):
@@ -106,6 +117,22 @@ def test_smoke_tiny_sizes_writes_json(tmp_path):
   assert 'train_step' not in results
   text = benchmark_input.format_results(results)
   assert 'train_1shot' in text and 'GIL ms/ep' in text and 'H100/H200' in text
+
+
+def test_smoke_service_counts_the_workers_cpu(tmp_path):
+  results = benchmark_input.main(SMALL + ['--pipeline', 'service', '--service-workers', '2'])
+  check(results, 65, ['service'])
+  for n, run in results['pipelines']['service']['runs'].items():
+    s = run['streams']['train_1shot']
+    assert s['service_workers'] == 2
+    # the CPU column holds the training process's and the two workers' CPU
+    assert s['cpu_ms_per_episode'] >= s['client_cpu_ms_per_episode'] > 0
+  assert 'training process' in benchmark_input.format_results(results)
+
+
+def test_process_cpu_seconds_reads_proc():
+  spent = benchmark_input.process_cpu_seconds(os.getpid())
+  assert 0 < spent <= time.process_time() + 0.05
 
 
 @pytest.mark.slow

@@ -173,24 +173,29 @@ def _row_inputs(pool, ep, words):
   return indices, encoded, seeds
 
 
+def step_slots(pool, config, step: int, rows: Sequence[int]):
+  """The image slots of a step's regular draws (attempt 0), row-major (query, supports):
+  (image index int32, class id int32, seed (n, 2) int64) of n = rows x (K + 1)."""
+  seed, shots, batch = int(config.seed), int(config.shots), int(config.train.batch_size)
+  index, classes, seeds = [], [], []
+  for row in rows:
+    ep, words = pipeline._episode(pool, seed, step, row, batch, shots, 0)  # pylint: disable=protected-access
+    slots = [ep.query_index] + list(ep.support_indices)
+    index.extend(slots)
+    classes.extend([ep.class_id] * len(slots))
+    seeds.extend(slot_seed(words, 1 + j) for j in range(len(slots)))
+  return np.array(index, np.int32), np.array(classes, np.int32), np.stack(seeds)
+
+
 def train_step_inputs(pool, config, step: int, rows: Sequence[int]):
   """The per-image inputs of a step's regular draws (attempt 0), row-major (query, supports).
 
   Returns (image bytes, label bytes, image index, class id, seed) arrays of n = rows x (K + 1).
   """
-  seed, shots, batch = int(config.seed), int(config.shots), int(config.train.batch_size)
-  images, labels, index, classes, seeds = [], [], [], [], []
-  for row in rows:
-    ep, words = pipeline._episode(pool, seed, step, row, batch, shots, 0)  # pylint: disable=protected-access
-    idx, encoded, row_seeds = _row_inputs(pool, ep, words)
-    for i, (im, lb), s in zip(idx, encoded, row_seeds):
-      images.append(im)
-      labels.append(lb)
-      index.append(i)
-      classes.append(ep.class_id)
-      seeds.append(s)
-  return (np.array(images, dtype=object), np.array(labels, dtype=object),
-          np.array(index, np.int32), np.array(classes, np.int32), np.stack(seeds))
+  index, classes, seeds = step_slots(pool, config, step, rows)
+  encoded = [sample_inputs(pool.split, int(i)) for i in index]
+  return (np.array([e[0] for e in encoded], dtype=object),
+          np.array([e[1] for e in encoded], dtype=object), index, classes, seeds)
 
 
 def _group(flat: dict, rows: int, shots: int) -> dict:

@@ -1,7 +1,8 @@
 """The episodic streams a run reads, by `config.dataset.pipeline`: 'graph' (graph_pipeline.py:
-records decoded and augmented by TensorFlow ops) or 'numpy' (pipeline.py: the numpy/PIL
-builders in tf.numpy_function). Both give the same episodes and eval batches and the same
-batch keys (docs/architecture.md); their training augmentation draws differ.
+records decoded and augmented by TensorFlow ops), 'service' (the graph training stream built
+by tf.data service workers, service.py; evaluation as 'graph') or 'numpy' (pipeline.py: the
+numpy/PIL builders in tf.numpy_function). All give the same episodes and eval batches and the
+same batch keys (docs/architecture.md); the numpy training augmentation draws differ.
 
 Arguments as pipeline.train_dataset and pipeline.eval_dataset.
 """
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 from mmnet_jax.data import graph_pipeline
 from mmnet_jax.data import pipeline
+from mmnet_jax.data import service
 
-PIPELINES = ('graph', 'numpy')
+PIPELINES = ('graph', 'numpy', 'service')
 
 
 def pipeline_kind(config) -> str:
@@ -30,6 +32,8 @@ def train_dataset(pool, config, start_step: int = 0, host_batch_size: int | None
                                   process_count, num_steps)
   rows, end = pipeline.train_rows(pool, config, host_batch_size, process_index, process_count,
                                   num_steps)
+  if pipeline_kind(config) == 'service':
+    return service.train_dataset(pool, config, rows, start_step, end)
   return graph_pipeline.train_dataset(pool, config, rows, start_step, end)
 
 
