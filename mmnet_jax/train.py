@@ -115,7 +115,7 @@ def training_recipe(config: ml_collections.ConfigDict) -> dict:
   resume that changes them warns."""
   fields = RECIPE_FIELDS + tuple(registry.of(config).train_defaults)
   return {'seed': config.seed, 'shots': config.shots,
-          'pipeline': streams.pipeline_kind(config),
+          'pipeline': streams.training_draws(config),
           **{k: config.train[k] for k in dict.fromkeys(fields) if k in config.train}}
 
 

@@ -119,6 +119,7 @@ def test_smoke_tiny_sizes_writes_json(tmp_path):
   assert 'train_1shot' in text and 'GIL ms/ep' in text and 'H100/H200' in text
 
 
+@pytest.mark.slow  # ~90 s: two runs each start a dispatcher and two worker processes
 def test_smoke_service_counts_the_workers_cpu(tmp_path):
   results = benchmark_input.main(SMALL + ['--pipeline', 'service', '--service-workers', '2'])
   check(results, 65, ['service'])

@@ -159,3 +159,12 @@ def test_training_recipe_names_the_trajectory_fields():
   assert recipe['seed'] == config.seed and recipe['batch_size'] == 8
   assert set(train.RECIPE_FIELDS) <= set(recipe)
 
+
+def test_training_recipe_changes_with_the_draws_not_with_where_they_run():
+  config = shared_config()
+  recipes = {}
+  for kind in ('graph', 'service', 'numpy'):
+    config.dataset.pipeline = kind
+    recipes[kind] = train.training_recipe(config)
+  assert recipes['graph'] == recipes['service']   # the same batches, bit for bit
+  assert recipes['graph'] != recipes['numpy']

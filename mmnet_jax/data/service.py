@@ -215,6 +215,15 @@ def service_target(options: dict) -> str:
 
 TABLE_STEPS = 256    # steps per table file
 TABLE_AHEAD = 4096   # steps of tables written ahead of the one consumed
+CLIENT_PREFETCH = 2  # batches received ahead of the one consumed
+
+
+def _batch(element: dict) -> dict:
+  """A received element as the local stream's batch (labels back to int32)."""
+  out = {k: v.numpy() for k, v in element.items() if k != 'step'}
+  for key in ('query_label', 'support_labels'):
+    out[key] = out[key].astype(np.int32)
+  return out
 
 
 class ServiceTrainStream(graph_pipeline.GraphTrainStream):
@@ -266,7 +275,9 @@ class ServiceTrainStream(graph_pipeline.GraphTrainStream):
     def one(args):
       path, class_id, seed = args
       image, label = image_fn(tf.io.read_file(path), tf.constant(b''), class_id, seed)
-      return tf.ensure_shape(image, [size, size, 3]), tf.ensure_shape(label, [size, size])
+      # Labels travel as uint8 (their values are 0, 1 and 255): a quarter of int32's bytes.
+      return (tf.ensure_shape(image, [size, size, 3]),
+              tf.ensure_shape(tf.cast(label, tf.uint8), [size, size]))
 
     def per_step(step):
       chunk = step // TABLE_STEPS
@@ -277,7 +288,7 @@ class ServiceTrainStream(graph_pipeline.GraphTrainStream):
       image, label = tf.map_fn(
           one, (paths, class_id, table[:, 2:]), parallel_iterations=n,
           fn_output_signature=(tf.TensorSpec([size, size, 3], tf.float32),
-                               tf.TensorSpec([size, size], tf.int32)))
+                               tf.TensorSpec([size, size], tf.uint8)))
       out = graph_pipeline._group({'image': image, 'label': label, 'index': index,  # pylint: disable=protected-access
                                    'class_id': class_id}, len(rows), shots)
       out['step'] = step
@@ -286,9 +297,11 @@ class ServiceTrainStream(graph_pipeline.GraphTrainStream):
     ds = tf.data.Dataset.range(first, self._end)   # dynamic sharding: one step per split
     ds = ds.map(per_step, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     ds = ds.ignore_errors()   # a failed step is rebuilt by the client
-    return ds.apply(tf.data.experimental.service.distribute(
+    ds = ds.apply(tf.data.experimental.service.distribute(
         processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
         service=self._target, compression=None))   # float images: compressing costs, saves ~0
+    # Receiving runs on tf.data's threads, not under this thread's GIL.
+    return ds.prefetch(CLIENT_PREFETCH)
 
   def __next__(self) -> dict:
     if self._iterator is not None and self._next >= self._end:
@@ -311,7 +324,7 @@ class ServiceTrainStream(graph_pipeline.GraphTrainStream):
       else:
         got = int(element['step'])
         if got >= step and got not in self._ready:   # a late copy of a rebuilt step: dropped
-          self._ready[got] = {k: v.numpy() for k, v in element.items() if k != 'step'}
+          self._ready[got] = _batch(element)
     batch = self._ready.pop(step, None)
     if batch is None:
       self.dropped += 1

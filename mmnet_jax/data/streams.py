@@ -24,6 +24,13 @@ def pipeline_kind(config) -> str:
   return kind
 
 
+def training_draws(config) -> str:
+  """Which augmentation draws the training stream makes: 'numpy', or 'graph' (also the
+  service's: its batches are the graph stream's, so a resume across the two changes nothing)."""
+  kind = pipeline_kind(config)
+  return 'graph' if kind == 'service' else kind
+
+
 def train_dataset(pool, config, start_step: int = 0, host_batch_size: int | None = None,
                   process_index: int = 0, process_count: int = 1, num_steps: int | None = None):
   """Host training batches for steps start_step, start_step + 1, ... (numpy dicts)."""
