@@ -141,6 +141,12 @@ def two_shot():
   return m, variables, run
 
 
+# The float32 prior against float64: a cosine over C channels, max over the support, then
+# min-max normalised, which magnifies the float32 error by 1 / (max - min). Measured: < 1e-5 on a
+# Zen 5 CPU, 1.3e-5 on a Zen 3 one (no AVX-512: XLA sums in another order).
+PRIOR_ATOL = 5e-5
+
+
 def test_kshot_prototype_and_prior_are_means_of_the_shots(two_shot):
   masks, variables, run = two_shot
   inter = jax.device_get(run(variables, jax.random.key(0), False)[1]['intermediates'])
@@ -155,11 +161,11 @@ def test_kshot_prototype_and_prior_are_means_of_the_shots(two_shot):
     protos.append((f * mk[..., None]).sum((1, 2)) / (mk.sum((1, 2))[:, None] + 0.0005))
     priors.append(_np_prior(q4, np.asarray(backbone_out[1 + k][2], np.float64), mk))
   np.testing.assert_allclose(inter['prototypes'][0], np.stack(protos, 1), rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(inter['priors'][0], np.stack(priors, 1), atol=1e-5)
+  np.testing.assert_allclose(inter['priors'][0], np.stack(priors, 1), atol=PRIOR_ATOL)
   # K shots: the mean of the prototypes and the mean of the (each normalised) priors.
   np.testing.assert_allclose(inter['prototype'][0], (protos[0] + protos[1]) / 2, rtol=1e-5,
                              atol=1e-6)
-  np.testing.assert_allclose(inter['prior'][0], (priors[0] + priors[1]) / 2, atol=1e-5)
+  np.testing.assert_allclose(inter['prior'][0], (priors[0] + priors[1]) / 2, atol=PRIOR_ATOL)
   assert not np.allclose(priors[0], priors[1])  # the shots differ, so the means say something
   assert np.abs(protos[0] - protos[1]).max() > 1e-3
   # The decoder's first scale (3 x 3 of the 5 x 5 features) reads the pooled query features,
