@@ -176,7 +176,7 @@ def _support_files(tmp_path) -> str:
   return f'--support={tmp_path / "img.png"}:{tmp_path / "mask.png"}'
 
 
-@pytest.mark.slow  # ~45 s on a Zen 3 VM; main.py end to end stays in .ci/run's slow line (HSNet)
+@pytest.mark.slow  # ~45 s on a Zen 3 VM; run by .ci/run's slow line
 def test_a_model_from_its_own_file_trains_evaluates_and_predicts_through_main(tmp_path):
   workdir, data_dir = tmp_path / 'run', tmp_path / 'tfds'
   data = f'--config.dataset.data_dir={data_dir}'

@@ -88,7 +88,7 @@ def test_eval_without_checkpoint_names_the_workdir(config, tmp_path):
     evaluate.evaluate_workdir(config, str(tmp_path / 'empty'))
 
 
-@pytest.mark.slow  # ~110 s on a Zen 3 VM (two models); test_bad_input refuses another config
+@pytest.mark.slow  # ~110 s on a Zen 3 VM (two models); run by .ci/run's slow line
 def test_checkpoint_from_another_model_is_refused(config, tmp_path):
   workdir = str(tmp_path / 'run')
   c = config.copy_and_resolve_references()
@@ -115,7 +115,6 @@ def test_mistyped_config_override_fails():
   assert 'num_stepz' in proc.stderr
 
 
-@pytest.mark.slow  # ~45 s on a Zen 3 VM
 def test_a_short_run_ends_with_finite_parameters(tmp_path, compile_cache):
   """3 steps, one of the lengths whose last learning rate was NaN: the final update wrote NaN
   into every trained parameter and the checkpoint kept it."""

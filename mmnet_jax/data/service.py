@@ -216,8 +216,6 @@ def service_target(options: dict) -> str:
 TABLE_STEPS = 256    # steps per table file
 TABLE_AHEAD = 4096   # steps of tables written ahead of the one consumed
 CLIENT_PREFETCH = 2  # batches received ahead of the one consumed
-
-
 LABELS = ('query_label', 'support_labels')   # sent as uint8, handed on as int32
 
 

@@ -138,7 +138,7 @@ def test_every_side_squeezes_evenly():
   assert spec.stretch_size == 400 and not registry.get('mmnet').input_size_ok(400)
 
 
-@pytest.mark.slow  # ~80 s on a Zen 3 VM
+@pytest.mark.slow  # ~80 s on a Zen 3 VM; run by .ci/run's slow line
 def test_forward_shapes_and_kshot_vote():
   k, h, w = 3, 41, 56
   model = HSNet(backbone='tiny')
@@ -158,7 +158,7 @@ def test_forward_shapes_and_kshot_vote():
                              atol=1e-5)
 
 
-@pytest.mark.slow  # ~60 s on a Zen 3 VM
+@pytest.mark.slow  # ~60 s on a Zen 3 VM; run by .ci/run's slow line
 def test_frozen_backbone_gets_no_gradient_and_the_learner_does():
   model = HSNet(backbone='tiny', freeze_backbone=True)
   rng = np.random.default_rng(5)
